@@ -1,0 +1,30 @@
+"""Package set-up: the `research` library and the `pallas_kernels` kernels."""
+import setuptools
+
+setuptools.setup(
+    name="research",
+    version="0.1.0",
+    description="A JAX research codebase: models, optimizers, kernels, post-training, decoding, evaluation.",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["research", "research.*", "pallas_kernels", "pallas_kernels.*"]),
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11",
+        "ml-collections>=1.0",
+        "tensorflow-datasets>=4.9.9",
+        "array-record>=0.8",
+        "grain>=0.2.12",
+        "sentencepiece>=0.2",
+        "safetensors>=0.4",
+        "tensorboardX>=2.6",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "pycocotools>=2.0.8"],
+        "tpu": ["jax[tpu]"],
+    },
+)
