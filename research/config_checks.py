@@ -1,0 +1,88 @@
+"""Validation of experiment configs: each check raises `ValueError` naming the field.
+
+Runs in `research.config.load`, before any model is built or compiled.
+"""
+
+import jax.numpy as jnp
+import ml_collections
+
+REQUIRED_SECTIONS = ("model", "trainer", "optimizer", "data", "mesh", "seed", "train")
+REQUIRED_TRAIN_FIELDS = ("steps", "batch_size", "seq_len", "log_every", "eval_every", "checkpoint_every")
+MESH_AXES = ("data", "fsdp", "tensor", "expert")
+
+
+def require(condition: bool, field: str, problem: str) -> None:
+    if not condition:
+        raise ValueError(f"config field {field}: {problem}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks the sections every config has, then those of the model family present."""
+    for section in REQUIRED_SECTIONS:
+        require(section in config, section, "missing")
+    validate_train(config.train)
+    validate_mesh(config.mesh)
+    validate_optimizer(config.optimizer)
+    if "num_heads" in config.model:
+        validate_llama(config.model, config.train.seq_len)
+    if "tokenizer" in config.data:
+        validate_data(config.data, config.model)
+
+
+def validate_train(train) -> None:
+    for field in REQUIRED_TRAIN_FIELDS:
+        require(field in train, f"train.{field}", "missing")
+    for field in ("steps", "batch_size", "seq_len", "log_every"):
+        require(train[field] > 0, f"train.{field}", f"must be positive, got {train[field]}")
+    for field in ("eval_every", "checkpoint_every"):
+        require(train[field] >= 0, f"train.{field}", f"must be >= 0 (0 = never), got {train[field]}")
+    accum = train.get("grad_accum_steps", 1)
+    require(accum >= 1, "train.grad_accum_steps", f"must be >= 1, got {accum}")
+    require(train.batch_size % accum == 0, "train.grad_accum_steps",
+            f"batch_size {train.batch_size} is not divisible by grad_accum_steps {accum}")
+
+
+def validate_mesh(mesh) -> None:
+    unknown = set(mesh.keys()) - set(MESH_AXES)
+    require(not unknown, "mesh", f"unknown axes {sorted(unknown)}; known axes are {MESH_AXES}")
+    for axis in MESH_AXES:
+        size = mesh.get(axis, 1)
+        require(size == -1 or size >= 1, f"mesh.{axis}", f"must be -1 or a positive size, got {size}")
+    require(sum(mesh.get(a, 1) == -1 for a in MESH_AXES) <= 1, "mesh", "at most one axis may be -1")
+
+
+def validate_optimizer(optimizer) -> None:
+    for field in ("learning_rate", "weight_decay"):
+        if field in optimizer:
+            require(optimizer[field] >= 0, f"optimizer.{field}", f"must be >= 0, got {optimizer[field]}")
+
+
+def validate_llama(model, seq_len: int) -> None:
+    for field in ("vocab_size", "dim", "num_layers", "num_heads", "num_kv_heads"):
+        require(model[field] > 0, f"model.{field}", f"must be positive, got {model[field]}")
+    require(model.dim % model.num_heads == 0, "model.num_heads",
+            f"dim {model.dim} is not divisible by num_heads {model.num_heads}")
+    require(model.num_heads % model.num_kv_heads == 0, "model.num_kv_heads",
+            f"num_heads {model.num_heads} is not divisible by num_kv_heads {model.num_kv_heads}")
+    require((model.dim // model.num_heads) % 2 == 0, "model.num_heads",
+            f"head_dim {model.dim // model.num_heads} must be even for RoPE")
+    require(model.hidden_dim is None or model.hidden_dim > 0, "model.hidden_dim",
+            f"must be None (Meta's rule) or positive, got {model.hidden_dim}")
+    require(seq_len <= model.max_seq_len, "train.seq_len",
+            f"{seq_len} exceeds model.max_seq_len {model.max_seq_len}")
+    require(model.remat in ("none", "full", "dots"), "model.remat", f"{model.remat!r} not in none/full/dots")
+    try:
+        jnp.dtype(model.dtype)
+    except TypeError:
+        raise ValueError(f"config field model.dtype: {model.dtype!r} is not a dtype") from None
+
+
+def validate_data(data, model) -> None:
+    require(data.tokenizer in ("byte", "sentencepiece"), "data.tokenizer",
+            f"{data.tokenizer!r} is not 'byte' or 'sentencepiece'")
+    if data.tokenizer == "byte":
+        require(model.vocab_size >= 259, "model.vocab_size",
+                f"the byte tokenizer needs at least 259 ids, got {model.vocab_size}")
+    else:
+        require(data.vocab_size == model.vocab_size, "data.vocab_size",
+                f"{data.vocab_size} differs from model.vocab_size {model.vocab_size}")

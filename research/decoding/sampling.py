@@ -1,0 +1,127 @@
+"""Autoregressive generation with a KV cache: greedy, temperature, top-k and top-p sampling.
+
+One jitted program: a prefill of the (right-padded) prompts, then a `lax.while_loop`
+that appends one token per row per iteration until `max_new_tokens` or until every row
+has emitted `eos_id`. Row b's new tokens follow its own prompt (length ℓ_b): they are
+written at ℓ_b, ℓ_b+1, ..., so rows of different lengths decode side by side; after EOS
+a row emits `pad_id`.
+
+Sampling from logits z at temperature T: p ∝ exp(z/T) restricted to the k largest (top-k)
+and to the smallest set of most likely tokens whose mass reaches p (top-p, nucleus);
+T = 0 is argmax.
+"""
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research.models.llama import init_cache
+
+
+def pad_prompts(prompts, pad_id: int, vocab_size: int):
+    """(tokens `[batch, max_len]` right-padded, lengths `[batch]`) from an array or token lists."""
+    if isinstance(prompts, (np.ndarray, jax.Array)):
+        rows = np.asarray(prompts)
+        if rows.ndim != 2:
+            raise ValueError(f"prompts must be [batch, prompt_len], got shape {rows.shape}")
+        rows = [list(r) for r in rows]
+    else:
+        rows = [list(r) for r in prompts]
+    if not rows or any(len(r) == 0 for r in rows):
+        raise ValueError("every prompt needs at least one token")
+    for index, row in enumerate(rows):
+        bad = [t for t in row if not 0 <= int(t) < vocab_size]
+        if bad:
+            raise ValueError(f"prompt {index} has token id {bad[0]} outside the vocabulary [0, {vocab_size})")
+    lengths = np.array([len(r) for r in rows], np.int32)
+    tokens = np.full((len(rows), lengths.max()), pad_id, np.int32)
+    for index, row in enumerate(rows):
+        tokens[index, : len(row)] = row
+    return tokens, lengths
+
+
+def filter_logits(logits, *, temperature: float, top_k: int | None, top_p: float | None):
+    """Logits scaled by 1/T with everything outside the top-k and the top-p nucleus set to −inf."""
+    logits = logits.astype(jnp.float32) / temperature
+    if top_k is not None:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p is not None:
+        sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+        sorted_probs = jax.nn.softmax(sorted_logits, axis=-1)
+        mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+        kept = mass_before < top_p  # the most likely token is always kept
+        threshold = jnp.min(jnp.where(kept, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < threshold, -jnp.inf, logits)
+    return logits
+
+
+def sample_token(logits, rng, *, temperature: float, top_k: int | None, top_p: float | None):
+    """One token per row from logits `[batch, vocab]`."""
+    if temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    filtered = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    return jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p",
+                                             "eos_id", "pad_id"))
+def generate_padded(model, params, tokens, lengths, rng, *, max_new_tokens, temperature, top_k, top_p,
+                    eos_id, pad_id):
+    """The jitted core of `generate` on right-padded prompts `tokens [B, P]` of `lengths [B]`."""
+    batch, prompt_len = tokens.shape
+    rows = jnp.arange(batch)
+    cache = init_cache(model.config, batch, prompt_len + max_new_tokens)
+    logits, cache = model.apply({"params": params}, tokens, cache=cache, decode=True)
+    cache = {**cache, "lengths": lengths}
+    next_logits = logits[rows, lengths - 1]
+    output = jnp.concatenate([tokens, jnp.full((batch, max_new_tokens), pad_id, jnp.int32)], axis=1)
+    sample = functools.partial(sample_token, temperature=temperature, top_k=top_k, top_p=top_p)
+
+    def keep_going(carry):
+        i, _, _, _, done = carry
+        return (i < max_new_tokens) & ~jnp.all(done)
+
+    def step(carry):
+        i, output, cache, next_logits, done = carry
+        token = jnp.where(done, pad_id, sample(next_logits, jax.random.fold_in(rng, i)))
+        output = output.at[rows, lengths + i].set(token)
+        if eos_id is not None:
+            done = done | (token == eos_id)
+        logits, cache = model.apply({"params": params}, token[:, None], cache=cache, decode=True)
+        return i + 1, output, cache, logits[:, 0], done
+
+    carry = (jnp.int32(0), output, cache, next_logits, jnp.zeros((batch,), bool))
+    return jax.lax.while_loop(keep_going, step, carry)[1]
+
+
+def generate(model, params, prompts: Sequence[Sequence[int]] | np.ndarray | jax.Array, *, max_new_tokens: int,
+             temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, rng=None,
+             eos_id: int | None = None, pad_id: int = 0):
+    """Continues each prompt by `max_new_tokens` tokens; returns `[batch, prompt_len + max_new_tokens]`.
+
+    `prompts` is an int array `[batch, prompt_len]` or a list of token lists of different
+    lengths (row b then holds its prompt, its new tokens, and `pad_id` to the end).
+    """
+    config = model.config
+    tokens, lengths = pad_prompts(prompts, pad_id, config.vocab_size)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    if tokens.shape[1] + max_new_tokens > config.max_seq_len:
+        raise ValueError(f"prompt length {tokens.shape[1]} + max_new_tokens {max_new_tokens} exceeds "
+                         f"model.max_seq_len {config.max_seq_len}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature > 0 and rng is None:
+        raise ValueError("sampling with temperature > 0 needs an rng key")
+    if top_k is not None and not 0 < top_k <= config.vocab_size:
+        raise ValueError(f"top_k must be in [1, vocab_size], got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    rng = jax.random.key(0) if rng is None else rng
+    return generate_padded(model, params, jnp.asarray(tokens), jnp.asarray(lengths), rng,
+                           max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=top_k,
+                           top_p=top_p, eos_id=eos_id, pad_id=pad_id)

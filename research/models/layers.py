@@ -1,0 +1,180 @@
+"""Building blocks of the LLaMA family: RMSNorm, RoPE, SwiGLU and attention.
+
+Shapes follow `[batch, seq, heads, head_dim]`. Parameters are float32 and carry
+logical axis names (`embed`, `mlp`, `heads`, `kv_heads`, `head_dim`, `vocab`);
+`research.parallel.mesh` maps them to mesh axes. Computation runs in
+`dtype`; norms and the softmax run in float32.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+NEG_INF = -1e30  # finite, so fully masked rows give a uniform (not NaN) softmax
+
+
+def param_with_axes(module: nn.Module, name: str, init, shape, axes):
+    """A float32 parameter annotated with logical axis names."""
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x²) + eps) · g, computed in float32 (Zhang & Sennrich, 2019)."""
+
+    eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        scale = param_with_axes(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",))
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (normed * scale).astype(self.dtype)
+
+
+def rope_frequencies(head_dim: int, positions, theta: float):
+    """Angles φ[p, i] = p · θ^(−2i/d) for i < d/2, in float32, shape positions.shape + (d/2,)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    return positions.astype(jnp.float32)[..., None] * inv_freq
+
+
+def apply_rope(x, positions, theta: float):
+    """Rotary position embedding in Meta's layout: feature pairs (2i, 2i+1) are one complex number.
+
+    (x₂ᵢ + i·x₂ᵢ₊₁) · e^{i·φ[p, i]} for x `[batch, seq, heads, head_dim]`, positions `[batch, seq]`.
+    """
+    angles = rope_frequencies(x.shape[-1], positions, theta)[:, :, None, :]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    pairs = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
+    real, imag = pairs[..., 0], pairs[..., 1]
+    rotated = jnp.stack([real * cos - imag * sin, real * sin + imag * cos], axis=-1)
+    return rotated.reshape(x.shape).astype(x.dtype)
+
+
+def llama_hidden_dim(dim: int, ffn_dim_multiplier: float | None, multiple_of: int) -> int:
+    """Meta's FFN width: h = int(2·4d/3), h = int(m·h) if m is set, rounded up to `multiple_of`."""
+    hidden = int(2 * (4 * dim) / 3)
+    if ffn_dim_multiplier is not None:
+        hidden = int(ffn_dim_multiplier * hidden)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+class SwiGLU(nn.Module):
+    """FFN(x) = W_down · (SiLU(W_gate · x) ⊙ W_up · x), no biases (Shazeer, 2020)."""
+
+    hidden_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        dim = x.shape[-1]
+        init = nn.initializers.normal(stddev=dim**-0.5)
+        w_gate = param_with_axes(self, "gate", init, (dim, self.hidden_dim), ("embed", "mlp"))
+        w_up = param_with_axes(self, "up", init, (dim, self.hidden_dim), ("embed", "mlp"))
+        w_down = param_with_axes(
+            self, "down", nn.initializers.normal(stddev=self.hidden_dim**-0.5),
+            (self.hidden_dim, dim), ("mlp", "embed"))
+        x = x.astype(self.dtype)
+        gate = jnp.einsum("bsd,dh->bsh", x, w_gate.astype(self.dtype))
+        up = jnp.einsum("bsd,dh->bsh", x, w_up.astype(self.dtype))
+        return jnp.einsum("bsh,hd->bsd", nn.silu(gate) * up, w_down.astype(self.dtype))
+
+
+def attention_mask(q_positions, kv_positions, q_segment_ids=None, kv_segment_ids=None, *, causal=True):
+    """Boolean mask `[batch, q_len, kv_len]`: key j is visible to query i when
+    kv_pos[j] ≤ q_pos[i] (causal) and both carry the same nonzero segment id."""
+    mask = jnp.ones((q_positions.shape[0], q_positions.shape[1], kv_positions.shape[1]), bool)
+    if causal:
+        mask &= kv_positions[:, None, :] <= q_positions[:, :, None]
+    if q_segment_ids is not None:
+        same = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+        mask &= same & (kv_segment_ids[:, None, :] != 0)
+    return mask
+
+
+def dot_product_attention(q, k, v, mask, *, sm_scale: float | None = None):
+    """softmax(q·kᵀ·scale + bias(mask)) · v with grouped-query heads, softmax in float32.
+
+    q `[b, t, h, d]`, k/v `[b, s, kv_h, d]` with h a multiple of kv_h: query head i reads
+    key/value head i // (h / kv_h); K/V are never repeated to h heads. mask `[b, t, s]`.
+    """
+    batch, q_len, num_heads, head_dim = q.shape
+    num_kv_heads = k.shape[2]
+    group = num_heads // num_kv_heads
+    scale = head_dim**-0.5 if sm_scale is None else sm_scale
+    q = q.reshape(batch, q_len, num_kv_heads, group, head_dim)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+    scores = jnp.where(mask[:, None, None, :, :], scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(batch, q_len, num_heads, head_dim)
+
+
+def write_cache(cache, new, start):
+    """Writes `new [b, t, ...]` into `cache [b, s, ...]` at rows' offsets `start [b]` (in place under jit)."""
+    return jax.vmap(lambda c, n, i: jax.lax.dynamic_update_slice_in_dim(c, n, i, axis=0))(
+        cache, new.astype(cache.dtype), start)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with grouped K/V heads (MHA: kv = h, GQA: 1 < kv < h, MQA: kv = 1).
+
+    q = x·W_q, k = x·W_k, v = x·W_v with RoPE on q and k; out = attention(q, k, v)·W_o.
+    With `cache = (k_cache, v_cache)` of shape `[b, max_len, kv_h, d]` the new keys and values
+    are written at `positions` and the queries attend to cache entries at positions ≤ their own.
+    """
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_theta: float = 10000.0
+    attention_impl: str = "xla"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, positions, segment_ids=None, cache=None):
+        dim = x.shape[-1]
+        init = nn.initializers.normal(stddev=dim**-0.5)
+        w_q = param_with_axes(self, "q", init, (dim, self.num_heads, self.head_dim), ("embed", "heads", "head_dim"))
+        w_k = param_with_axes(self, "k", init, (dim, self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "head_dim"))
+        w_v = param_with_axes(self, "v", init, (dim, self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "head_dim"))
+        w_o = param_with_axes(
+            self, "o", nn.initializers.normal(stddev=(self.num_heads * self.head_dim) ** -0.5),
+            (self.num_heads, self.head_dim, dim), ("heads", "head_dim", "embed"))
+        x = x.astype(self.dtype)
+        q = jnp.einsum("bsd,dhk->bshk", x, w_q.astype(self.dtype))
+        k = jnp.einsum("bsd,dhk->bshk", x, w_k.astype(self.dtype))
+        v = jnp.einsum("bsd,dhk->bshk", x, w_v.astype(self.dtype))
+        q = apply_rope(q, positions, self.rope_theta)
+        k = apply_rope(k, positions, self.rope_theta)
+        if cache is None:
+            out = attention(q, k, v, positions, positions, segment_ids, segment_ids, impl=self.attention_impl)
+            new_cache = None
+        else:
+            k_cache = write_cache(cache[0], k, positions[:, 0])
+            v_cache = write_cache(cache[1], v, positions[:, 0])
+            kv_positions = jnp.broadcast_to(jnp.arange(k_cache.shape[1]), k_cache.shape[:2])
+            out = attention(q, k_cache.astype(self.dtype), v_cache.astype(self.dtype), positions, kv_positions,
+                            impl=self.attention_impl)
+            new_cache = (k_cache, v_cache)
+        out = jnp.einsum("bshk,hkd->bsd", out, w_o.astype(self.dtype))
+        return out, new_cache
+
+
+ATTENTION_IMPLS = ("xla",)
+
+
+def attention(q, k, v, q_positions, kv_positions, q_segment_ids=None, kv_segment_ids=None, *, impl="xla"):
+    """Causal attention of q `[b, t, h, d]` over k/v `[b, s, kv_h, d]`, dispatched on `impl`.
+
+    Keys are visible when their position is ≤ the query's and, for packed sequences,
+    their segment id equals the query's.
+    """
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention_impl={impl!r} is not one of {ATTENTION_IMPLS}")
+    mask = attention_mask(q_positions, kv_positions, q_segment_ids, kv_segment_ids)
+    return dot_product_attention(q, k, v, mask)

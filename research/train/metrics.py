@@ -1,0 +1,61 @@
+"""Metrics out of a run: `metrics.jsonl` (one JSON object per logged step) and TensorBoard.
+
+Only process 0 writes. On resume from step s, lines after s are dropped first, so the file
+of a resumed run reads as that of an uninterrupted one.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import jax
+import numpy as np
+from tensorboardX import SummaryWriter
+
+
+def to_python(value):
+    """A JSON-friendly scalar (NaN/Inf kept as floats; json writes them as NaN/Infinity)."""
+    value = np.asarray(value)
+    return value.item() if value.ndim == 0 else value.tolist()
+
+
+class MetricsWriter:
+    """Appends `{"step": s, **metrics}` to metrics.jsonl and scalars to TensorBoard."""
+
+    def __init__(self, workdir: str, *, resume_step: int = 0):
+        self.enabled = jax.process_index() == 0
+        self.path = Path(workdir) / "metrics.jsonl"
+        if not self.enabled:
+            return
+        truncate_after(self.path, resume_step)
+        self.tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"), purge_step=resume_step + 1)
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{k: to_python(v) for k, v in metrics.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        for name, value in record.items():
+            if name != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                self.tensorboard.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.tensorboard.close()
+
+
+def truncate_after(path: Path, step: int) -> None:
+    """Keeps only the lines of a metrics.jsonl with `"step" <= step` (atomically)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """The records of a run's metrics.jsonl."""
+    path = Path(workdir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line]

@@ -1,0 +1,122 @@
+"""Next-token language-model training (`config.trainer = "lm"`).
+
+Loss: the mean over real target tokens of −log p(x_{t+1} | x_≤t), with packed documents
+kept apart by `segment_ids`. A step of `grad_accum_steps` micro-batches sums the
+micro-batch gradients of Σ w·nll / Σ_batch w, so it equals one step on the whole batch.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from research.data.pipeline import make_lm_batches
+from research.data.tokenizer import get_tokenizer
+from research.decoding.sampling import generate
+from research.models import count_params, make_model
+from research.optim import make_optimizer, make_schedule
+from research.train.flops import flops_per_token
+from research.train.losses import weighted_nll_sum
+from research.train.state import TrainState
+from research.train.task import Task
+
+MODEL_INPUTS = ("inputs", "positions", "segment_ids")
+
+
+def loss_sums(model, params, batch):
+    """(Σ w·nll, Σ w) of one (micro-)batch."""
+    logits = model.apply({"params": params}, batch["inputs"], positions=batch["positions"],
+                         segment_ids=batch["segment_ids"])
+    return weighted_nll_sum(logits, batch["targets"], batch["weights"])
+
+
+def split_microbatches(batch: dict, num_micro: int) -> dict:
+    """`[B, ...]` → `[num_micro, B/num_micro, ...]`, micro-batch m taking rows m, m+A, m+2A, ...
+
+    (strided, so every device keeps holding an equal share of every micro-batch).
+    """
+    return jax.tree.map(lambda x: x.reshape(x.shape[0] // num_micro, num_micro, *x.shape[1:]).swapaxes(0, 1), batch)
+
+
+def accumulated_gradients(model, params, batch, num_micro: int):
+    """(loss, grads) of the whole batch as the sum over micro-batches of ∇(Σ_m w·nll / Σ w)."""
+    total_weight = jnp.maximum(jnp.sum(batch["weights"].astype(jnp.float32)), 1.0)
+
+    def micro_loss(p, micro):
+        nll_sum, _ = loss_sums(model, p, micro)
+        return nll_sum / total_weight
+
+    grad_fn = jax.value_and_grad(micro_loss)
+    if num_micro == 1:
+        return grad_fn(params, batch)
+
+    def accumulate(carry, micro):
+        loss, grads = grad_fn(params, micro)
+        return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+    (loss, grads), _ = jax.lax.scan(accumulate, zeros, split_microbatches(batch, num_micro))
+    return loss, grads
+
+
+def build(config, mesh) -> Task:
+    """Model, optimizer, data and steps of LM training for `config`."""
+    del mesh  # sharding is the loop's job; the model is mesh-agnostic
+    tokenizer = get_tokenizer(config.data)
+    if tokenizer.vocab_size > config.model.vocab_size:
+        raise ValueError(f"config field model.vocab_size: {config.model.vocab_size} is smaller than the "
+                         f"tokenizer's vocabulary ({tokenizer.vocab_size})")
+    model = make_model(config.model)
+    train_cfg = config.train
+    optimizer = make_optimizer(config.optimizer, train_cfg.steps)
+    schedule = make_schedule(config.optimizer, train_cfg.steps)
+
+    def init_state(rng):
+        tokens = jnp.zeros((1, train_cfg.seq_len), jnp.int32)
+        params = model.init(rng, tokens)["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+    def train_step(state, batch, rng):
+        del rng  # the LLaMA model has no dropout
+        loss, grads = accumulated_gradients(model, state.params, batch, train_cfg.grad_accum_steps)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+                   "learning_rate": schedule(state.step)}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    def eval_step(params, batch):
+        nll_sum, weight = loss_sums(model, params, batch)
+        return {"nll_sum": nll_sum, "tokens": weight}
+
+    def summarize_eval(sums):
+        loss = float(sums["nll_sum"]) / max(float(sums["tokens"]), 1.0)
+        return {"loss": loss, "perplexity": float(np.exp(loss))}
+
+    def batches(split, num_epochs, seed):
+        return make_lm_batches(
+            config.data, tokenizer, split=split, batch_size=train_cfg.batch_size // jax.process_count(),
+            seq_len=train_cfg.seq_len, seed=seed, process_index=jax.process_index(),
+            process_count=jax.process_count(), num_epochs=num_epochs)
+
+    def finish(params):
+        prompts = [tokenizer.encode(p) for p in train_cfg.sample_prompts]
+        tokens = generate(model, params, [[tokenizer.bos_id] + p for p in prompts],
+                          max_new_tokens=train_cfg.sample_tokens, temperature=0.8, top_k=40,
+                          rng=jax.random.key(config.seed), eos_id=tokenizer.eos_id)
+        samples = [tokenizer.decode(row) for row in np.asarray(tokens).tolist()]
+        return {"samples": samples}
+
+    matmul_params = count_params(config.model)["active"] - config.model.vocab_size * config.model.dim
+    tokens_per_step = train_cfg.batch_size * train_cfg.seq_len
+    return Task(
+        init_state=init_state,
+        train_step=train_step,
+        eval_step=eval_step,
+        summarize_eval=summarize_eval,
+        train_batches=batches("train", None, config.seed),
+        eval_batches=lambda: batches("validation", 1, 0),
+        tokens_per_step=tokens_per_step,
+        flops_per_step=tokens_per_step * flops_per_token(config.model, train_cfg.seq_len, matmul_params),
+        finish=finish,
+    )
