@@ -1,0 +1,86 @@
+"""research/decoding/sampling.py: greedy equals argmax of the full forward; sampling filters."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from research import config as config_lib
+from research.decoding.sampling import filter_logits, generate
+from research.models import make_model
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+    overrides = ["model.num_layers=2", "model.vocab_size=300", "data.tokenizer=byte", "model.dim=64",
+                 "model.num_heads=4", "model.num_kv_heads=2", "model.hidden_dim=96"]
+    model = make_model(config_lib.load("configs/llama2.py:tiny", overrides).model)
+    params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    return model, params
+
+
+def greedy_reference(model, params, prompt, steps):
+    seq = list(prompt)
+    for _ in range(steps):
+        logits = model.apply({"params": params}, jnp.array([seq]))
+        seq.append(int(jnp.argmax(logits[0, -1])))
+    return seq
+
+
+def test_greedy_with_cache_equals_stepwise_argmax_for_ragged_prompts(model_and_params):
+    model, params = model_and_params
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12], [13]]
+    out = np.asarray(generate(model, params, prompts, max_new_tokens=7))
+    assert out.shape == (3, 5 + 7)
+    for row, prompt in zip(out, prompts):
+        expected = greedy_reference(model, params, prompt, 7)
+        assert row[: len(expected)].tolist() == expected
+        assert (row[len(expected):] == 0).all()
+
+
+def test_array_prompts_give_prompt_then_new_tokens(model_and_params):
+    model, params = model_and_params
+    prompts = np.array([[1, 2, 3], [4, 5, 6]])
+    out = np.asarray(generate(model, params, prompts, max_new_tokens=4))
+    np.testing.assert_array_equal(out[:, :3], prompts)
+    assert out[0].tolist() == greedy_reference(model, params, [1, 2, 3], 4)
+
+
+def test_eos_stops_a_row_and_pads_after_it(model_and_params):
+    model, params = model_and_params
+    first = greedy_reference(model, params, [5, 6, 7], 1)[-1]
+    out = np.asarray(generate(model, params, [[5, 6, 7]], max_new_tokens=5, eos_id=first))
+    assert out[0, 3] == first and (out[0, 4:] == 0).all()
+
+
+def test_sampling_is_seeded_and_respects_top_k(model_and_params):
+    model, params = model_and_params
+    kwargs = dict(max_new_tokens=6, temperature=1.0, top_k=1, rng=jax.random.key(1))
+    np.testing.assert_array_equal(generate(model, params, [[5, 6]], **kwargs),
+                                  generate(model, params, [[5, 6]], max_new_tokens=6))
+    a = generate(model, params, [[5, 6]] * 4, max_new_tokens=8, temperature=2.0, rng=jax.random.key(1))
+    b = generate(model, params, [[5, 6]] * 4, max_new_tokens=8, temperature=2.0, rng=jax.random.key(1))
+    np.testing.assert_array_equal(a, b)
+    assert len({tuple(r) for r in np.asarray(a).tolist()}) > 1
+
+
+def test_filter_logits_top_p_keeps_the_nucleus():
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+    kept = np.isfinite(np.asarray(filter_logits(logits, temperature=1.0, top_k=None, top_p=0.7)))
+    np.testing.assert_array_equal(kept, [[True, True, False, False]])
+    kept = np.isfinite(np.asarray(filter_logits(logits, temperature=1.0, top_k=3, top_p=None)))
+    np.testing.assert_array_equal(kept, [[True, True, True, False]])
+
+
+@pytest.mark.parametrize("prompts, kwargs, message", [
+    ([[5, 300]], {}, "outside the vocabulary"),
+    ([[]], {}, "at least one token"),
+    ([[5]], {"temperature": 1.0}, "rng"),
+    ([[5]], {"max_new_tokens": 2000}, "max_seq_len"),
+    ([[5]], {"top_p": 1.5}, "top_p"),
+])
+def test_bad_requests_are_rejected(model_and_params, prompts, kwargs, message):
+    model, params = model_and_params
+    with pytest.raises(ValueError, match=message):
+        generate(model, params, prompts, **{"max_new_tokens": 3, **kwargs})
