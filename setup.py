@@ -22,6 +22,7 @@ setuptools.setup(
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "numpy>=1.26",
+        "ml-dtypes>=0.4",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "pycocotools>=2.0.8"],

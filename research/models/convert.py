@@ -1,0 +1,389 @@
+"""Hugging Face `LlamaForCausalLM` checkpoints ⇄ this project's LLaMA parameters.
+
+    model_config, params = load_hf_llama("Llama-2-7b-hf")   # then Llama(model_config)
+    save_hf_llama(model_config, params, "my-llama-hf")
+
+A checkpoint is the folder `save_pretrained` writes: `config.json` plus `model.safetensors`,
+or shards listed in `model.safetensors.index.json`. Tensors are read with safetensors into
+numpy, no torch needed: F32, F16 or BF16 on disk, float32 in memory. The loaded config
+computes in float32; set `model_config.dtype = "bfloat16"` for large models. Saving writes
+float32. Tied embeddings (`tie_word_embeddings: true`) and scaled RoPE variants are refused:
+LLaMA-2 has neither.
+
+Layout. HF `nn.Linear` weights are `[out, in]`; ours are `[in, ...]` with heads split out,
+per layer, stacked along a leading `layers` axis (`nn.scan`):
+
+    q  [d, h, hd]   ← q_proj [h·hd, d]        k, v [d, kv, hd] ← k_proj, v_proj [kv·hd, d]
+    o  [h, hd, d]   ← o_proj [d, h·hd]        gate, up [d, f]  ← gate_proj, up_proj [f, d]
+    down [f, d]     ← down_proj [d, f]        norm gains       = *_layernorm, model.norm
+    embed [V, d]    = embed_tokens [V, d]     lm_head [d, V]   = lm_head [V, d]ᵀ
+
+RoPE row permutation. Our RoPE (Meta's) rotates the feature pairs (2i, 2i+1) of a head by
+the angle p·θ^(−2i/hd); HF's `rotate_half` rotates the pairs (i, i + hd/2) by the same
+angle. The two give identical attention scores when the output rows of each q and k head
+are permuted so that
+
+    meta_row(2i + j) = hf_row(j·hd/2 + i),    i < hd/2,  j ∈ {0, 1},
+
+that is, a head's rows viewed as [2, hd/2] are transposed to [hd/2, 2] when loading, and
+back when saving. v and o are not rotated and keep their row order.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import ml_collections
+import ml_dtypes  # noqa: F401  registers bfloat16 with numpy, so safetensors can read BF16 tensors
+import numpy as np
+import safetensors
+from flax import traverse_util
+from ml_collections import config_dict
+from safetensors.numpy import save_file
+
+from research.config_checks import validate_llama
+from research.models import abstract_params
+from research.models.llama import hidden_dim_of
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+ROPE_BUFFER_SUFFIX = "rotary_emb.inv_freq"  # saved by old transformers; it follows from rope_theta
+HF_SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+
+class Same:
+    """A tensor both sides store alike (embeddings, norm gains)."""
+
+    @staticmethod
+    def from_hf(w, shape):
+        return w
+
+    @staticmethod
+    def to_hf(w):
+        return w
+
+
+class Transposed:
+    """ours [in, out] = HF [out, in]ᵀ (FFN matrices, lm_head)."""
+
+    @staticmethod
+    def from_hf(w, shape):
+        return w.T
+
+    @staticmethod
+    def to_hf(w):
+        return w.T
+
+
+class Heads:
+    """ours [d, heads, hd] ⇄ HF [heads·hd, d] (v)."""
+
+    @staticmethod
+    def from_hf(w, shape):
+        d, heads, head_dim = shape
+        return w.reshape(heads, head_dim, d).transpose(2, 0, 1)
+
+    @staticmethod
+    def to_hf(w):
+        d, heads, head_dim = w.shape
+        return w.transpose(1, 2, 0).reshape(heads * head_dim, d)
+
+
+class RotaryHeads:
+    """ours [d, heads, hd] ⇄ HF [heads·hd, d] with meta_row(2i + j) = hf_row(j·hd/2 + i) per head (q, k)."""
+
+    @staticmethod
+    def from_hf(w, shape):
+        d, heads, head_dim = shape
+        halves = w.reshape(heads, 2, head_dim // 2, d)  # [head, j, i, d]
+        return halves.transpose(3, 0, 2, 1).reshape(d, heads, head_dim)  # [d, head, 2i + j]
+
+    @staticmethod
+    def to_hf(w):
+        d, heads, head_dim = w.shape
+        pairs = w.reshape(d, heads, head_dim // 2, 2)  # [d, head, i, j]
+        return pairs.transpose(1, 3, 2, 0).reshape(heads * head_dim, d)  # [head·hd + j·hd/2 + i, d]
+
+
+class OutputHeads:
+    """ours [heads, hd, d] ⇄ HF [d, heads·hd] (o)."""
+
+    @staticmethod
+    def from_hf(w, shape):
+        return w.T.reshape(shape)
+
+    @staticmethod
+    def to_hf(w):
+        heads, head_dim, d = w.shape
+        return w.reshape(heads * head_dim, d).T
+
+
+# our parameter path → (HF tensor name, `{}` = layer index for the stacked layers, layout)
+TENSORS = {
+    ("embed",): ("model.embed_tokens.weight", Same),
+    ("norm", "scale"): ("model.norm.weight", Same),
+    ("lm_head",): ("lm_head.weight", Transposed),
+    ("layers", "attention_norm", "scale"): ("model.layers.{}.input_layernorm.weight", Same),
+    ("layers", "attention", "q"): ("model.layers.{}.self_attn.q_proj.weight", RotaryHeads),
+    ("layers", "attention", "k"): ("model.layers.{}.self_attn.k_proj.weight", RotaryHeads),
+    ("layers", "attention", "v"): ("model.layers.{}.self_attn.v_proj.weight", Heads),
+    ("layers", "attention", "o"): ("model.layers.{}.self_attn.o_proj.weight", OutputHeads),
+    ("layers", "ffn_norm", "scale"): ("model.layers.{}.post_attention_layernorm.weight", Same),
+    ("layers", "ffn", "gate"): ("model.layers.{}.mlp.gate_proj.weight", Transposed),
+    ("layers", "ffn", "up"): ("model.layers.{}.mlp.up_proj.weight", Transposed),
+    ("layers", "ffn", "down"): ("model.layers.{}.mlp.down_proj.weight", Transposed),
+}
+
+
+def is_stacked(path) -> bool:
+    return path[0] == "layers"
+
+
+def param_shapes(model_config) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Our flattened parameter paths and shapes for `model_config`."""
+    flat = traverse_util.flatten_dict(abstract_params(model_config))
+    return {path: tuple(leaf.shape) for path, leaf in flat.items()}
+
+
+def hf_tensor_shapes(model_config) -> dict[str, tuple[int, ...]]:
+    """Every HF tensor name of the checkpoint for `model_config`, with its shape."""
+    shapes = {}
+    for path, shape in param_shapes(model_config).items():
+        name, layout = TENSORS[path]
+        if is_stacked(path):
+            layer = jax.eval_shape(layout.to_hf, jax.ShapeDtypeStruct(shape[1:], np.float32))
+            shapes.update({name.format(i): tuple(layer.shape) for i in range(shape[0])})
+        else:
+            shapes[name] = tuple(jax.eval_shape(layout.to_hf, jax.ShapeDtypeStruct(shape, np.float32)).shape)
+    return shapes
+
+
+def rope_theta_from_hf(hf: dict, config_path: Path) -> float:
+    """θ from `rope_parameters` (transformers ≥ 5), or `rope_theta` (earlier; default 10000)."""
+    rope = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise ValueError(f"{config_path}: RoPE type {rope_type!r} is not supported, only plain RoPE ('default')")
+    return float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
+
+
+def model_config_from_hf(hf: dict, config_path: Path) -> ml_collections.ConfigDict:
+    """`config.model` for the LlamaConfig fields in `hf`, absent optional ones at LlamaConfig's defaults."""
+    if hf.get("model_type") != "llama":
+        raise ValueError(f"{config_path}: model_type is {hf.get('model_type')!r}, expected 'llama'")
+    missing = [field for field in HF_SHAPE_FIELDS if field not in hf]
+    if missing:
+        raise ValueError(f"{config_path}: missing field(s) {missing}")
+    unsupported = {
+        "tie_word_embeddings": (hf.get("tie_word_embeddings", False), False),
+        "hidden_act": (hf.get("hidden_act", "silu"), "silu"),
+        "attention_bias": (hf.get("attention_bias", False), False),
+        "mlp_bias": (hf.get("mlp_bias", False), False),
+    }
+    for field, (value, supported) in unsupported.items():
+        if value != supported:
+            raise ValueError(f"{config_path}: {field}={value!r} is not supported, only {supported!r}")
+    heads = hf["num_attention_heads"]
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
+    if head_dim * heads != hf["hidden_size"]:
+        raise ValueError(f"{config_path}: head_dim={head_dim} × num_attention_heads={heads} "
+                         f"is not hidden_size={hf['hidden_size']}")
+    model_config = ml_collections.ConfigDict(dict(
+        vocab_size=hf["vocab_size"], dim=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
+        num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
+        hidden_dim=hf["intermediate_size"], ffn_dim_multiplier=config_dict.placeholder(float), multiple_of=256,
+        max_seq_len=hf.get("max_position_embeddings", 2048), norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        rope_theta=rope_theta_from_hf(hf, config_path), dtype="float32", attention_impl="xla", remat="none",
+    ))
+    try:
+        validate_llama(model_config, seq_len=model_config.max_seq_len)
+    except ValueError as error:
+        raise ValueError(f"{config_path}: {error}") from None
+    return model_config
+
+
+def hf_config_from_model(model_config) -> dict:
+    """The `config.json` of a float32 `LlamaForCausalLM`, readable by transformers 4 (rope_theta) and 5."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": model_config.vocab_size,
+        "hidden_size": model_config.dim,
+        "intermediate_size": hidden_dim_of(model_config),
+        "num_hidden_layers": model_config.num_layers,
+        "num_attention_heads": model_config.num_heads,
+        "num_key_value_heads": model_config.num_kv_heads,
+        "head_dim": model_config.dim // model_config.num_heads,
+        "max_position_embeddings": model_config.max_seq_len,
+        "rms_norm_eps": model_config.norm_eps,
+        "rope_theta": model_config.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": model_config.rope_theta},
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+        "dtype": "float32",
+    }
+
+
+def read_hf_config(directory: Path) -> dict:
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise ValueError(f"{config_path} not found: {directory} is not a Hugging Face checkpoint")
+    try:
+        return json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config_path} is not valid JSON: {error}") from None
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The shards named by `model.safetensors.index.json`, else every `*.safetensors` file."""
+    index_path = directory / INDEX_FILE
+    if index_path.is_file():
+        try:
+            shard_names = sorted(set(json.loads(index_path.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise ValueError(f"{index_path} is not a safetensors index (JSON with a weight_map)") from None
+        files = [directory / name for name in shard_names]
+        absent = [str(file) for file in files if not file.is_file()]
+        if absent:
+            raise ValueError(f"{index_path} names shard(s) that do not exist: {absent}")
+        return files
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{directory} holds no *.safetensors weights")
+    return files
+
+
+@contextlib.contextmanager
+def opened_tensors(files: list[Path]):
+    """{tensor name: (file, open safetensors handle)} over `files`; a name in two files is an error."""
+    with contextlib.ExitStack() as stack:
+        sources = {}
+        for file in files:
+            handle = stack.enter_context(safetensors.safe_open(file, framework="np"))
+            for name in handle.keys():
+                if name in sources:
+                    raise ValueError(f"tensor {name} is in both {sources[name][0]} and {file}")
+                sources[name] = (file, handle)
+        yield sources
+
+
+def check_tensors(sources: dict, expected: dict[str, tuple[int, ...]], directory: Path) -> None:
+    """Every expected tensor present, floating point and of its shape; no others (but the RoPE buffer)."""
+    missing = sorted(set(expected) - set(sources))
+    if missing:
+        raise ValueError(f"{directory}: missing tensor(s) {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    for name, (file, handle) in sources.items():
+        if name.endswith(ROPE_BUFFER_SUFFIX):
+            continue
+        if name not in expected:
+            raise ValueError(f"{file}: unexpected tensor {name} for a LlamaForCausalLM of this config.json")
+        tensor = handle.get_slice(name)
+        if tuple(tensor.get_shape()) != expected[name]:
+            raise ValueError(f"{file}: tensor {name} has shape {tuple(tensor.get_shape())}, "
+                             f"expected {expected[name]} from config.json")
+        if tensor.get_dtype() not in FLOAT_DTYPES:
+            raise ValueError(f"{file}: tensor {name} has dtype {tensor.get_dtype()}, expected one of {FLOAT_DTYPES}")
+
+
+def read_params(sources: dict, model_config) -> dict:
+    """Our parameter tree (float32 numpy) from the checked HF tensors."""
+
+    def read(name):
+        _, handle = sources[name]
+        return handle.get_tensor(name).astype(np.float32)
+
+    flat = {}
+    for path, shape in param_shapes(model_config).items():
+        name, layout = TENSORS[path]
+        if is_stacked(path):
+            flat[path] = np.stack([layout.from_hf(read(name.format(i)), shape[1:]) for i in range(shape[0])])
+        else:
+            flat[path] = np.ascontiguousarray(layout.from_hf(read(name), shape))
+    return traverse_util.unflatten_dict(flat)
+
+
+def load_hf_llama(checkpoint_dir) -> tuple[ml_collections.ConfigDict, dict]:
+    """(model_config, params) of the `LlamaForCausalLM` checkpoint in `checkpoint_dir`.
+
+    `Llama(model_config).apply({"params": params}, tokens)` gives the checkpoint's logits.
+    Raises ValueError naming the file or tensor for a missing config.json or weights, a
+    model_type other than llama, a missing, extra or misshapen tensor.
+    """
+    directory = Path(checkpoint_dir)
+    model_config = model_config_from_hf(read_hf_config(directory), directory / CONFIG_FILE)
+    with opened_tensors(weight_files(directory)) as sources:
+        check_tensors(sources, hf_tensor_shapes(model_config), directory)
+        params = read_params(sources, model_config)
+    return model_config, params
+
+
+def hf_tensors(model_config, params) -> dict[str, np.ndarray]:
+    """The HF tensors (contiguous float32) of our `params`, after checking their paths and shapes."""
+    expected = param_shapes(model_config)
+    flat = traverse_util.flatten_dict(nn.meta.unbox(params))
+    for path in sorted(set(expected) | set(flat)):
+        where = "/".join(path)
+        if path not in flat:
+            raise ValueError(f"params lack {where} {expected[path]}")
+        if path not in expected:
+            raise ValueError(f"params hold {where}, which the model of model_config does not have")
+        if tuple(np.shape(flat[path])) != expected[path]:
+            raise ValueError(f"params {where} has shape {tuple(np.shape(flat[path]))}, "
+                             f"expected {expected[path]} from model_config")
+    tensors = {}
+    for path, value in flat.items():
+        name, layout = TENSORS[path]
+        value = np.asarray(value, np.float32)
+        if is_stacked(path):
+            tensors.update({name.format(i): np.ascontiguousarray(layout.to_hf(layer)) for i, layer in enumerate(value)})
+        else:
+            tensors[name] = np.ascontiguousarray(layout.to_hf(value))
+    return tensors
+
+
+def replace_directory(staging: Path, target: Path) -> None:
+    """Moves `staging` to `target` by renames, so `target` is never a half-written checkpoint."""
+    if not target.exists():
+        staging.rename(target)
+        return
+    previous = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    target.rename(previous / target.name)
+    try:
+        staging.rename(target)
+    except OSError:
+        (previous / target.name).rename(target)
+        raise
+    shutil.rmtree(previous)
+
+
+def save_hf_llama(model_config, params, checkpoint_dir, *, overwrite: bool = False) -> None:
+    """Writes `params` as a float32 `LlamaForCausalLM` checkpoint: config.json + model.safetensors.
+
+    The files are written to a temporary folder beside `checkpoint_dir` and renamed into
+    place. An existing non-empty `checkpoint_dir` is replaced only with `overwrite=True`.
+    """
+    target = Path(checkpoint_dir)
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{target} exists and is not a directory")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise FileExistsError(f"{target} exists and is not empty; pass overwrite=True to replace it")
+    tensors = hf_tensors(model_config, params)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        save_file(tensors, staging / WEIGHTS_FILE, metadata={"format": "pt"})
+        (staging / CONFIG_FILE).write_text(json.dumps(hf_config_from_model(model_config), indent=2) + "\n")
+        os.chmod(staging, 0o755)
+        replace_directory(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
