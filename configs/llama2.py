@@ -33,7 +33,7 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
         ffn_dim_multiplier=config_dict.placeholder(float) if multiplier is None else multiplier,
         multiple_of=multiple_of, max_seq_len=max_len, norm_eps=1e-5, rope_theta=10000.0,
         dtype="bfloat16" if full_size else "float32",
-        attention_impl="xla", remat="full" if full_size else "none",
+        attention_impl="xla", remat="full" if full_size else "none", scan_layers=True,
     ))
 
 

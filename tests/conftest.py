@@ -1,7 +1,14 @@
-"""Test set-up: 8 fake CPU devices, set before jax is imported anywhere."""
+"""Test set-up, before jax is imported anywhere: 8 fake CPU devices, a shared compilation
+cache (the tiny experiments recompile the same programs in many tests and subprocesses),
+and one temporary data dir per session, never the home dir."""
+
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "research-test-jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("RESEARCH_DATA_DIR", tempfile.mkdtemp(prefix="research-test-data-"))

@@ -16,9 +16,11 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from research.models.llama import init_cache
+from research.config import unfrozen
+from research.models.llama import init_cache, unstack_layers
 
 
 def pad_prompts(prompts, pad_id: int, vocab_size: int):
@@ -67,6 +69,15 @@ def sample_token(logits, rng, *, temperature: float, top_k: int | None, top_p: f
     return jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
 
 
+def unrolled(model, params):
+    """The model with its layers unrolled and the parameters to match (no weight slicing per step)."""
+    if not model.config.scan_layers:
+        return model, params
+    config = unfrozen(model.config)
+    config.scan_layers = False
+    return model.clone(config=ml_collections.FrozenConfigDict(config)), unstack_layers(params)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p",
                                              "eos_id", "pad_id"))
 def generate_padded(model, params, tokens, lengths, rng, *, max_new_tokens, temperature, top_k, top_p,
@@ -74,6 +85,7 @@ def generate_padded(model, params, tokens, lengths, rng, *, max_new_tokens, temp
     """The jitted core of `generate` on right-padded prompts `tokens [B, P]` of `lengths [B]`."""
     batch, prompt_len = tokens.shape
     rows = jnp.arange(batch)
+    model, params = unrolled(model, params)
     cache = init_cache(model.config, batch, prompt_len + max_new_tokens)
     logits, cache = model.apply({"params": params}, tokens, cache=cache, decode=True)
     cache = {**cache, "lengths": lengths}

@@ -3,8 +3,11 @@
     h = x + Attention(RMSNorm(x));  out = h + SwiGLU(RMSNorm(h))
     logits = RMSNorm(h_L) · W_out   (W_out untied from the input embedding)
 
-The blocks are scanned (`nn.scan`), so block parameters are stacked along a leading
-`layers` axis and compile time does not grow with depth. For decoding, the KV cache is
+With `scan_layers` (the default for training) the blocks are one `nn.scan`: block
+parameters are stacked along a leading `layers` axis and compile time does not grow
+with depth. Without it the blocks are unrolled (`layers_0`, `layers_1`, ...), which
+decoding prefers: no per-step slicing of stacked weights (`unstack_layers` converts;
+`generate` does so itself). For decoding, the KV cache is
 an explicit pytree `{"k", "v": [layers, batch, max_len, kv_heads, head_dim], "lengths": [batch]}`
 made by `init_cache`; `lengths[b]` counts the valid entries of row b.
 """
@@ -66,6 +69,27 @@ def scanned_blocks(config, num_layers: int, name: str):
     )(config, name=name)
 
 
+def unrolled_blocks(config, x, layer_cache, positions, segment_ids):
+    """The blocks one after another as `layers_<i>`; the per-layer caches restacked."""
+    block = nn.remat(Block, policy=REMAT_POLICIES[config.remat], prevent_cse=True) if config.remat != "none" else Block
+    new_caches = []
+    for i in range(config.num_layers):
+        cache_i = None if layer_cache is None else (layer_cache[0][i], layer_cache[1][i])
+        x, new_cache = block(config, name=f"layers_{i}")(x, cache_i, positions, segment_ids)
+        new_caches.append(new_cache)
+    if layer_cache is None:
+        return x, None
+    return x, tuple(jnp.stack([c[j] for c in new_caches]) for j in range(2))
+
+
+def unstack_layers(params):
+    """Stacked block parameters `{"layers": [L, ...]}` → `{"layers_0": ..., "layers_{L-1}": ...}`."""
+    stacked = params["layers"]
+    num_layers = jax.tree.leaves(stacked)[0].shape[0]
+    rest = {k: v for k, v in params.items() if k != "layers"}
+    return {**rest, **{f"layers_{i}": jax.tree.map(lambda p, i=i: p[i], stacked) for i in range(num_layers)}}
+
+
 class Llama(nn.Module):
     """The LLaMA-2 decoder. `config` is `config.model` (see configs/llama2.py)."""
 
@@ -91,7 +115,10 @@ class Llama(nn.Module):
             self, "embed", nn.initializers.normal(stddev=1.0), (c.vocab_size, c.dim), ("vocab", "embed"))
         x = jnp.take(embedding, tokens, axis=0).astype(dtype)
         layer_cache = (cache["k"], cache["v"]) if decode else None
-        x, new_layer_cache = scanned_blocks(c, c.num_layers, "layers")(x, layer_cache, positions, segment_ids)
+        if c.scan_layers:
+            x, new_layer_cache = scanned_blocks(c, c.num_layers, "layers")(x, layer_cache, positions, segment_ids)
+        else:
+            x, new_layer_cache = unrolled_blocks(c, x, layer_cache, positions, segment_ids)
         x = RMSNorm(c.norm_eps, dtype, name="norm")(x)
         w_out = param_with_axes(
             self, "lm_head", nn.initializers.normal(stddev=c.dim**-0.5), (c.dim, c.vocab_size), ("embed", "vocab"))

@@ -31,8 +31,8 @@ def tree_paths(tree) -> dict[str, tuple]:
 
 
 def first_mismatch(saved: dict[str, tuple], expected: dict[str, tuple]) -> str | None:
-    """A sentence naming the first parameter whose presence or shape differs, else None."""
-    for name in sorted(set(saved) | set(expected)):
+    """A sentence naming the first array (parameters first) whose presence or shape differs, else None."""
+    for name in sorted(set(saved) | set(expected), key=lambda n: (not n.startswith("params"), n)):
         if name not in saved:
             return f"{name} is in the config's model but not in the checkpoint"
         if name not in expected:
@@ -52,6 +52,7 @@ class Checkpointer:
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=True,
                                                  create=True),
+            item_handlers=ocp.StandardCheckpointHandler(),
         )
 
     def save(self, step: int, state, data_state) -> None:

@@ -89,11 +89,12 @@ class Throughput:
                 "step_time_s": 1 / steps_per_s}
 
 
-def train(config, workdir: str) -> dict:
-    """Runs (or resumes) the experiment `config` in `workdir`; returns the final results."""
+def train(config, workdir: str, *, devices=None) -> dict:
+    """Runs (or resumes) the experiment `config` in `workdir` on `devices` (default: all);
+    returns the final results."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    mesh = make_mesh(config.mesh)
+    mesh = make_mesh(config.mesh, devices)
     task = build_task(config, mesh)
     root_key = jax.random.key(config.seed)
     init_key, step_key = jax.random.fold_in(root_key, 0), jax.random.fold_in(root_key, 1)

@@ -59,6 +59,20 @@ def accumulated_gradients(model, params, batch, num_micro: int):
     return loss, grads
 
 
+def make_train_step(model, optimizer, schedule, num_micro: int):
+    """`train_step(state, batch, rng) -> (state, metrics)`: one optimizer update on the batch."""
+
+    def train_step(state, batch, rng):
+        del rng  # the LLaMA model has no dropout
+        loss, grads = accumulated_gradients(model, state.params, batch, num_micro)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step)}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
 def build(config, mesh) -> Task:
     """Model, optimizer, data and steps of LM training for `config`."""
     del mesh  # sharding is the loop's job; the model is mesh-agnostic
@@ -76,15 +90,6 @@ def build(config, mesh) -> Task:
         params = model.init(rng, tokens)["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
-    def train_step(state, batch, rng):
-        del rng  # the LLaMA model has no dropout
-        loss, grads = accumulated_gradients(model, state.params, batch, train_cfg.grad_accum_steps)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
-                   "learning_rate": schedule(state.step)}
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
     def eval_step(params, batch):
         nll_sum, weight = loss_sums(model, params, batch)
         return {"nll_sum": nll_sum, "tokens": weight}
@@ -100,6 +105,8 @@ def build(config, mesh) -> Task:
             process_count=jax.process_count(), num_epochs=num_epochs)
 
     def finish(params):
+        if not train_cfg.sample_prompts:
+            return {"samples": []}
         prompts = [tokenizer.encode(p) for p in train_cfg.sample_prompts]
         tokens = generate(model, params, [[tokenizer.bos_id] + p for p in prompts],
                           max_new_tokens=train_cfg.sample_tokens, temperature=0.8, top_k=40,
@@ -111,7 +118,7 @@ def build(config, mesh) -> Task:
     tokens_per_step = train_cfg.batch_size * train_cfg.seq_len
     return Task(
         init_state=init_state,
-        train_step=train_step,
+        train_step=make_train_step(model, optimizer, schedule, train_cfg.grad_accum_steps),
         eval_step=eval_step,
         summarize_eval=summarize_eval,
         train_batches=batches("train", None, config.seed),

@@ -1,0 +1,79 @@
+"""Training throughput: tokens/s and MFU of the jitted train step (fwd + bwd + AdamW).
+
+    python scripts/bench_train.py [--steps 20] [--batch 8] [--seq 256] [--with-100m]
+
+Batches of random tokens, batch 8 x 256 tokens; the step is the trainer's own
+(`research.train.trainers.lm.make_train_step`). Prints one line per shape next to
+PyTorch 2.13 CPU's figure on the same shape.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from research import config as config_lib  # noqa: E402
+from research.models import count_params, make_model  # noqa: E402
+from research.optim import make_optimizer, make_schedule  # noqa: E402
+from research.train.flops import flops_per_token, total_peak_flops  # noqa: E402
+from research.train.state import TrainState  # noqa: E402
+from research.train.trainers.lm import make_train_step  # noqa: E402
+from scripts.bench_shapes import PYTORCH_TRAIN_TOKENS_PER_S, SHAPES, shape_config  # noqa: E402
+
+
+def random_batch(batch: int, seq: int, vocab: int, key):
+    tokens = jax.random.randint(key, (batch, seq + 1), 0, vocab, jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
+    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "positions": positions,
+            "segment_ids": jnp.ones((batch, seq), jnp.int32), "weights": jnp.ones((batch, seq), jnp.float32)}
+
+
+def measure(config, steps: int, batch: int, seq: int, peak: float) -> dict:
+    model = make_model(config.model)
+    optimizer = make_optimizer(config.optimizer, 1000)
+    step_fn = jax.jit(make_train_step(model, optimizer, make_schedule(config.optimizer, 1000), 1),
+                      donate_argnums=0)
+    params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, seq), jnp.int32))["params"])
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+    data = random_batch(batch, seq, config.model.vocab_size, jax.random.key(1))
+    state, metrics = step_fn(state, data, None)  # compile
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = step_fn(state, data, None)
+    jax.block_until_ready(metrics)
+    seconds = (time.perf_counter() - start) / steps
+    matmul_params = count_params(config.model)["total"] - config.model.vocab_size * config.model.dim
+    flops = batch * seq * flops_per_token(config.model, seq, matmul_params)
+    return {"tokens_per_s": batch * seq / seconds, "mfu": flops / seconds / peak, "step_ms": 1e3 * seconds}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--with-100m", action="store_true", help="also the ~100M-parameter config")
+    args = parser.parse_args()
+    peak = total_peak_flops()
+    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, peak {peak / 1e9:.1f} GFLOP/s")
+    runs = {name: shape_config(name) for name in SHAPES}
+    runs["tiny config"] = config_lib.load("configs/llama2.py:tiny")
+    if args.with_100m:
+        runs["100m config"] = config_lib.load("configs/llama2.py:100m", ["model.dtype=float32", "model.remat=none"])
+    for name, config in runs.items():
+        result = measure(config, args.steps, args.batch, args.seq, peak)
+        torch = PYTORCH_TRAIN_TOKENS_PER_S.get(name)
+        ratio = f"  {result['tokens_per_s'] / torch:.2f}x PyTorch ({torch} tok/s)" if torch else ""
+        print(f"{name:24s} {result['tokens_per_s']:9.0f} tok/s  MFU {result['mfu']:6.1%}  "
+              f"{result['step_ms']:7.1f} ms/step{ratio}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
