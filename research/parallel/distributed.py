@@ -30,6 +30,5 @@ def initialize(config) -> None:
     settings = distributed_settings(config)
     if settings is None or jax.distributed.is_initialized():
         return
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU only; accelerators ignore it
     jax.distributed.initialize(**settings)

@@ -1,0 +1,44 @@
+"""research/parallel/mesh.py: mesh shapes, -1 resolution, logical-to-mesh mapping."""
+
+import jax
+import ml_collections
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from research.parallel.mesh import LOGICAL_AXIS_RULES, logical_to_sharding, make_mesh, mesh_shape
+
+
+def mesh_config(**sizes):
+    return ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1, "expert": 1, **sizes})
+
+
+def test_minus_one_takes_the_remaining_devices():
+    assert mesh_shape(mesh_config(data=-1, tensor=2), 8) == (4, 1, 2, 1)
+    assert mesh_shape(mesh_config(fsdp=-1), 8) == (1, 8, 1, 1)
+
+
+@pytest.mark.parametrize("sizes, devices, message", [
+    (dict(data=3), 8, "needs 3 devices"),
+    (dict(data=-1, tensor=3), 8, "not divisible"),
+])
+def test_impossible_meshes_are_rejected(sizes, devices, message):
+    with pytest.raises(ValueError, match=message):
+        mesh_shape(mesh_config(**sizes), devices)
+
+
+def test_mesh_over_eight_fake_devices_has_the_four_axes():
+    mesh = make_mesh(mesh_config(data=2, fsdp=2, tensor=2))
+    assert mesh.shape == {"data": 2, "fsdp": 2, "tensor": 2, "expert": 1}
+    assert len(make_mesh(mesh_config(), jax.devices()[:1]).devices.flat) == 1
+
+
+def test_logical_axes_map_fsdp_and_megatron_style():
+    mesh = make_mesh(mesh_config(data=2, fsdp=2, tensor=2))
+    specs = {"q": P("layers", "embed", "heads", "head_dim"), "down": P("layers", "mlp", "embed"),
+             "embed": P("vocab", "embed"), "batch": P("batch", "seq")}
+    shardings = logical_to_sharding(specs, mesh)
+    assert shardings["q"].spec == P(None, "fsdp", "tensor", None)
+    assert shardings["down"].spec == P(None, "tensor", "fsdp")
+    assert shardings["embed"].spec == P("tensor", "fsdp")
+    assert shardings["batch"].spec == P(("data", "fsdp"), None)
+    assert {name for name, _ in LOGICAL_AXIS_RULES} >= {"embed", "mlp", "heads", "kv_heads", "vocab", "expert"}
