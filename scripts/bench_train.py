@@ -1,6 +1,6 @@
 """Training throughput: tokens/s and MFU of the jitted train step (fwd + bwd + AdamW).
 
-    python scripts/bench_train.py [--steps 20] [--batch 8] [--seq 256] [--with-100m]
+    python scripts/bench_train.py [--steps 20] [--steps-100m 3] [--batch 8] [--seq 256]
 
 Batches of random tokens, batch 8 x 256 tokens; the step is the trainer's own
 (`research.train.trainers.lm.make_train_step`). Prints one line per shape next to
@@ -59,16 +59,17 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--with-100m", action="store_true", help="also the ~100M-parameter config")
+    parser.add_argument("--steps-100m", type=int, default=3, help="timed steps of the ~100M config (0: skip)")
     args = parser.parse_args()
     peak = total_peak_flops()
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, peak {peak / 1e9:.1f} GFLOP/s")
-    runs = {name: shape_config(name) for name in SHAPES}
-    runs["tiny config"] = config_lib.load("configs/llama2.py:tiny")
-    if args.with_100m:
-        runs["100m config"] = config_lib.load("configs/llama2.py:100m", ["model.dtype=float32", "model.remat=none"])
-    for name, config in runs.items():
-        result = measure(config, args.steps, args.batch, args.seq, peak)
+    runs = {name: (shape_config(name), args.steps) for name in SHAPES}
+    runs["tiny config"] = (config_lib.load("configs/llama2.py:tiny"), args.steps)
+    if args.steps_100m:
+        runs["100m config"] = (config_lib.load("configs/llama2.py:100m", ["model.dtype=float32", "model.remat=none"]),
+                               args.steps_100m)
+    for name, (config, steps) in runs.items():
+        result = measure(config, steps, args.batch, args.seq, peak)
         torch = PYTORCH_TRAIN_TOKENS_PER_S.get(name)
         ratio = f"  {result['tokens_per_s'] / torch:.2f}x PyTorch ({torch} tok/s)" if torch else ""
         print(f"{name:24s} {result['tokens_per_s']:9.0f} tok/s  MFU {result['mfu']:6.1%}  "
