@@ -1,0 +1,521 @@
+"""Flash attention (FlashAttention-2) in Pallas: a forward kernel and two backward kernels under a custom VJP.
+
+Math. With S = scale · Q Kᵀ, P = softmax(S) over the keys each query may see, O = P V:
+
+Forward, for one query block i walking the key blocks j (the online softmax):
+    m_new = max(m, rowmax S_ij)                     running row maximum
+    α     = exp(m − m_new)                          rescales what was summed under the old maximum
+    ℓ     ← α ℓ + rowsum exp(S_ij − m_new)          running softmax denominator
+    A     ← α A + exp(S_ij − m_new) V_j             running unnormalised output
+    O_i = A / ℓ, and the log-sum-exp L_i = m + log ℓ is saved for the backward pass.
+
+Backward, recomputing P_ij = exp(S_ij − L_i) block by block:
+    D_i   = rowsum(dO_i ∘ O_i)
+    dP_ij = dO_i V_jᵀ,   dS_ij = P_ij ∘ (dP_ij − D_i)
+    dQ_i  = scale Σ_j dS_ij K_j                      kernel 1, one program per query block
+    dK_j  = scale Σ_i dS_ijᵀ Q_i,  dV_j = Σ_i P_ijᵀ dO_i   kernel 2, one program per key block
+Kernel 2 works on transposed tiles (keys along rows), so every product is a b or a bᵀ, and
+L, D are read as lane-dense rows.
+
+Masks. Query i sees key j when j < seq_len (padding), j ≤ i (causal) and the segment ids match.
+Key blocks that no query of the block can see are never visited (causal skipping), and blocks
+every query sees in full run without building a mask. A row with no visible key has ℓ = 0; it
+yields O = 0 and L = −inf, and its recomputed P is 0, so no NaN appears anywhere.
+
+Layout. [b, s, heads, d] arrays are viewed, for free, as [b, s, heads·d]; a kernel block is the
+d columns of one head, so no transposes are needed. Grouped-query attention: query head n reads
+the K/V columns of head n // group through the index map, so K and V are never repeated. dK and
+dV are produced per query head (float32 when group > 1) and summed over each group afterwards,
+as FlashAttention-2 does. Inputs may be float32 or bfloat16; all softmax statistics and matmul
+accumulations are float32 and the output has the input's dtype.
+
+Backends. On CPU the kernels run in interpret mode. Compiled, they target Triton on GPU and
+Mosaic on TPU (also when a CPU host lowers ahead of time for TPU). The block shapes follow
+Mosaic's rule (last two block dims multiples of (8, 128) or the full array dims) and Triton's
+(tiles that are powers of two of at least 16); `_check_tiling` rejects what the target cannot tile.
+"""
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+MIN_BLOCK = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tiling:
+    """Static description of one call: sizes, block sizes and which masks apply."""
+
+    batch: int
+    seq_len: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    block_q: int
+    block_k: int
+    causal: bool
+    has_segments: bool
+    sm_scale: float
+    target: str  # "interpret", "gpu" (Triton) or "tpu" (Mosaic)
+
+    @property
+    def interpret(self):
+        return self.target == "interpret"
+
+    @property
+    def compiler_params(self):
+        """Triton's parameters on GPU (without them Pallas would pick Mosaic GPU); defaults elsewhere."""
+        if self.target == "gpu":
+            return pltriton.CompilerParams(num_warps=4 if self.head_dim <= 64 else 8, num_stages=2)
+        return None
+
+    @property
+    def group(self):
+        return self.num_heads // self.num_kv_heads
+
+    @property
+    def num_q_blocks(self):
+        return pl.cdiv(self.seq_len, self.block_q)
+
+    @property
+    def num_kv_blocks(self):
+        return pl.cdiv(self.seq_len, self.block_k)
+
+    @property
+    def q_len_padded(self):
+        return self.num_q_blocks * self.block_q
+
+    @property
+    def kv_len_padded(self):
+        return self.num_kv_blocks * self.block_k
+
+    @property
+    def keys_padded(self):
+        return self.kv_len_padded != self.seq_len
+
+    @property
+    def needs_mask(self):
+        return self.causal or self.has_segments or self.keys_padded
+
+
+def flash_attention(q, k, v, *, causal=False, segment_ids=None, sm_scale=None, block_q=128, block_k=128,
+                    interpret=None):
+    """Memory-efficient exact attention softmax(scale · q kᵀ + mask) v, differentiable in q, k, v.
+
+    Args:
+      q: [batch, seq, heads, head_dim]. k, v: [batch, seq, kv_heads, head_dim] with heads % kv_heads == 0.
+      causal: query i sees only keys j ≤ i.
+      segment_ids: optional int [batch, seq]; attention stays within equal ids (packed sequences).
+        Composes with `causal`.
+      sm_scale: score scale, default head_dim ** -0.5.
+      block_q, block_k: query/key tile lengths. A block longer than the sequence shrinks to the
+        sequence length rounded up to a power of two (at least 16); the sequence is padded to a
+        whole number of blocks and the padding masked.
+      interpret: run the kernels in the Pallas interpreter; None means "when the default backend is CPU".
+
+    Returns:
+      [batch, seq, heads, head_dim] in q's dtype.
+
+    Raises:
+      ValueError: mismatched shapes or dtypes, heads not divisible by kv_heads, segment_ids of the
+        wrong shape, or block sizes the compile target cannot tile.
+    """
+    tiling = _make_tiling(q, k, v, segment_ids, causal, sm_scale, block_q, block_k, interpret)
+    return _flash_attention(q, k, v, segment_ids, tiling)
+
+
+def _make_tiling(q, k, v, segment_ids, causal, sm_scale, block_q, block_k, interpret):
+    """Validates the inputs and fixes the static tiling; raises ValueError naming the problem."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.ndim != 4:
+            raise ValueError(f"{name} must be [batch, seq, heads, head_dim], got shape {x.shape}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got k {k.shape} and v {v.shape}")
+    batch, seq_len, num_heads, head_dim = q.shape
+    _, kv_len, num_kv_heads, kv_head_dim = k.shape
+    if (k.shape[0], kv_len, kv_head_dim) != (batch, seq_len, head_dim):
+        raise ValueError(f"q {q.shape} and k/v {k.shape} must agree in batch, seq and head_dim")
+    if seq_len < 1:
+        raise ValueError(f"the sequence length must be positive, got q {q.shape}")
+    if num_heads % num_kv_heads:
+        raise ValueError(f"heads ({num_heads}) must be divisible by kv_heads ({num_kv_heads})")
+    if not (q.dtype == k.dtype == v.dtype) or not jnp.issubdtype(q.dtype, jnp.floating):
+        raise ValueError(f"q, k, v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if segment_ids is not None and (segment_ids.shape != (batch, seq_len)
+                                    or not jnp.issubdtype(segment_ids.dtype, jnp.integer)):
+        raise ValueError(f"segment_ids must be integer [batch, seq] = {(batch, seq_len)}, "
+                         f"got {segment_ids.dtype} {segment_ids.shape}")
+    for name, block in (("block_q", block_q), ("block_k", block_k)):
+        if not isinstance(block, int) or block < 1:
+            raise ValueError(f"{name} must be a positive int, got {block!r}")
+    longest_useful_block = max(MIN_BLOCK, pl.next_power_of_2(seq_len))
+    tiling = _Tiling(
+        batch=batch, seq_len=seq_len, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+        block_q=min(block_q, longest_useful_block), block_k=min(block_k, longest_useful_block),
+        causal=bool(causal), has_segments=segment_ids is not None,
+        sm_scale=float(head_dim ** -0.5 if sm_scale is None else sm_scale), target=_target(interpret))
+    _check_tiling(tiling)
+    return tiling
+
+
+def _target(interpret):
+    """Where the kernels run: the interpreter (default on CPU), Triton on GPU, or Mosaic on TPU.
+
+    A CPU default backend with interpret=False means lowering ahead of time for TPU.
+    """
+    backend = jax.default_backend()
+    if interpret or (interpret is None and backend == "cpu"):
+        return "interpret"
+    return "gpu" if backend == "gpu" else "tpu"
+
+
+def _check_tiling(t):
+    """Rejects block shapes the compile target cannot tile (the interpreter takes any)."""
+    if t.interpret:
+        return
+    if t.target == "gpu":
+        for name, size in (("block_q", t.block_q), ("block_k", t.block_k), ("head_dim", t.head_dim)):
+            if size < MIN_BLOCK or size & (size - 1):
+                raise ValueError(f"{name}={size}: Triton tiles must be powers of two of at least {MIN_BLOCK}")
+        return
+    for name, size in (("block_q", t.block_q), ("block_k", t.block_k)):
+        if size % 8:
+            raise ValueError(f"{name}={size}: Mosaic TPU needs blocks that are multiples of 8")
+    if t.head_dim % 128 and t.num_heads > 1:
+        raise ValueError(f"head_dim={t.head_dim}: Mosaic TPU needs a multiple of 128 when there is more "
+                         "than one head (each head is a column block of [b, s, heads·head_dim])")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _flash_attention(q, k, v, segment_ids, tiling):
+    out, _ = _forward(q, k, v, segment_ids, tiling)
+    return out
+
+
+def _forward(q, k, v, segment_ids, t):
+    """Runs the forward kernel; returns the output and the residuals of the backward pass."""
+    q_cols = _to_columns(q, t.q_len_padded)
+    k_cols = _to_columns(k, t.kv_len_padded)
+    v_cols = _to_columns(v, t.kv_len_padded)
+    segments_for_q = _segment_inputs(segment_ids, t, for_kv_blocks=False)
+    specs = _BlockSpecs(t)
+    out_cols, lse = pl.pallas_call(
+        functools.partial(_forward_kernel, t=t),
+        grid=(t.batch, t.num_heads, t.num_q_blocks),
+        in_specs=[specs.q_block, specs.kv_all, specs.kv_all, *specs.segments_for_q_block],
+        out_specs=[specs.q_block, specs.stats_block],
+        out_shape=[jax.ShapeDtypeStruct(q_cols.shape, q.dtype),
+                   jax.ShapeDtypeStruct((t.batch, t.num_heads, t.q_len_padded, 1), jnp.float32)],
+        interpret=t.interpret,
+        compiler_params=t.compiler_params,
+        name="flash_attention_forward",
+    )(q_cols, k_cols, v_cols, *segments_for_q)
+    out = _from_columns(out_cols, t.seq_len, t.num_heads)
+    return out, (q_cols, k_cols, v_cols, segment_ids, out_cols, lse)
+
+
+def _backward(t, residuals, d_out):
+    """Runs the dQ and dK/dV kernels; returns (dq, dk, dv) shaped like (q, k, v), and no cotangent
+    for the integer segment ids."""
+    q_cols, k_cols, v_cols, segment_ids, out_cols, lse = residuals
+    segments_for_q = _segment_inputs(segment_ids, t, for_kv_blocks=False)
+    segments_for_kv = _segment_inputs(segment_ids, t, for_kv_blocks=True)
+    d_out_cols = _to_columns(d_out, t.q_len_padded)
+    delta = _row_dot(out_cols, d_out_cols, t)
+    specs = _BlockSpecs(t)
+    dq_cols = pl.pallas_call(
+        functools.partial(_dq_kernel, t=t),
+        grid=(t.batch, t.num_heads, t.num_q_blocks),
+        in_specs=[specs.q_block, specs.kv_all, specs.kv_all, specs.q_block, specs.stats_block,
+                  specs.stats_block, *specs.segments_for_q_block],
+        out_specs=specs.q_block,
+        out_shape=jax.ShapeDtypeStruct(q_cols.shape, q_cols.dtype),
+        interpret=t.interpret,
+        compiler_params=t.compiler_params,
+        name="flash_attention_dq",
+    )(q_cols, k_cols, v_cols, d_out_cols, lse, delta, *segments_for_q)
+    partial_dtype = k_cols.dtype if t.group == 1 else jnp.float32
+    partial_shape = (t.batch, t.kv_len_padded, t.num_heads * t.head_dim)
+    dk_cols, dv_cols = pl.pallas_call(
+        functools.partial(_dkdv_kernel, t=t),
+        grid=(t.batch, t.num_heads, t.num_kv_blocks),
+        in_specs=[specs.q_all, specs.kv_block, specs.kv_block, specs.q_all, specs.stats_rows,
+                  specs.stats_rows, *specs.segments_for_kv_block],
+        out_specs=[specs.kv_block_per_query_head, specs.kv_block_per_query_head],
+        out_shape=[jax.ShapeDtypeStruct(partial_shape, partial_dtype)] * 2,
+        interpret=t.interpret,
+        compiler_params=t.compiler_params,
+        name="flash_attention_dkdv",
+    )(q_cols, k_cols, v_cols, d_out_cols, _as_rows(lse, t), _as_rows(delta, t), *segments_for_kv)
+    dq = _from_columns(dq_cols, t.seq_len, t.num_heads)
+    dk = _sum_over_groups(dk_cols, t).astype(k_cols.dtype)
+    dv = _sum_over_groups(dv_cols, t).astype(v_cols.dtype)
+    return dq, dk, dv, None
+
+
+_flash_attention.defvjp(_forward, _backward)
+
+
+class _BlockSpecs:
+    """The BlockSpecs of the three kernels. Grid axes: (batch, query head n, block index).
+
+    Per-query statistics (L, D) and segment ids come as a column [len, 1] for the block a program
+    owns, and as rows [num_blocks, block] (a free reshape) for the blocks a program loops over.
+    """
+
+    def __init__(self, t):
+        d, group = t.head_dim, t.group
+        self.q_block = pl.BlockSpec((None, t.block_q, d), lambda b, n, i: (b, i, n))
+        self.q_all = pl.BlockSpec((None, t.q_len_padded, d), lambda b, n, j: (b, 0, n))
+        self.kv_all = pl.BlockSpec((None, t.kv_len_padded, d), lambda b, n, i: (b, 0, lax.div(n, group)))
+        self.kv_block = pl.BlockSpec((None, t.block_k, d), lambda b, n, j: (b, j, lax.div(n, group)))
+        self.kv_block_per_query_head = pl.BlockSpec((None, t.block_k, d), lambda b, n, j: (b, j, n))
+        self.stats_block = pl.BlockSpec((None, None, t.block_q, 1), lambda b, n, i: (b, n, i, 0))
+        self.stats_rows = pl.BlockSpec((None, None, t.num_q_blocks, t.block_q), lambda b, n, j: (b, n, 0, 0))
+        q_ids_block = pl.BlockSpec((None, t.block_q, 1), lambda b, n, i: (b, i, 0))
+        kv_ids_rows = pl.BlockSpec((None, t.num_kv_blocks, t.block_k), lambda b, n, i: (b, 0, 0))
+        kv_ids_block = pl.BlockSpec((None, t.block_k, 1), lambda b, n, j: (b, j, 0))
+        q_ids_rows = pl.BlockSpec((None, t.num_q_blocks, t.block_q), lambda b, n, j: (b, 0, 0))
+        self.segments_for_q_block = [q_ids_block, kv_ids_rows] if t.has_segments else []
+        self.segments_for_kv_block = [kv_ids_block, q_ids_rows] if t.has_segments else []
+
+
+def _to_columns(x, padded_len):
+    """[b, s, heads, d] -> [b, padded_len, heads·d], zero-padding the sequence."""
+    batch, seq_len, heads, head_dim = x.shape
+    x = jnp.pad(x, ((0, 0), (0, padded_len - seq_len), (0, 0), (0, 0)))
+    return x.reshape(batch, padded_len, heads * head_dim)
+
+
+def _from_columns(x, seq_len, heads):
+    """[b, padded_len, heads·d] -> [b, seq_len, heads, d]."""
+    batch, padded_len, width = x.shape
+    return x.reshape(batch, padded_len, heads, width // heads)[:, :seq_len]
+
+
+def _sum_over_groups(x, t):
+    """Per-query-head dK or dV [b, padded_len, heads·d] -> [b, seq_len, kv_heads, d], summing each group."""
+    grouped = x.reshape(t.batch, t.kv_len_padded, t.num_kv_heads, t.group, t.head_dim)
+    return grouped.sum(axis=3, dtype=jnp.float32)[:, :t.seq_len]
+
+
+def _segment_inputs(segment_ids, t, for_kv_blocks):
+    """Segment ids as kernel inputs, padded: (own side as a column, other side as rows).
+
+    Query-block kernels get (q [b, q_len_padded, 1], kv [b, num_kv_blocks, block_k]);
+    the key-block kernel gets (kv [b, kv_len_padded, 1], q [b, num_q_blocks, block_q]).
+    """
+    if segment_ids is None:
+        return ()
+    ids = segment_ids.astype(jnp.int32)
+    q_ids = jnp.pad(ids, ((0, 0), (0, t.q_len_padded - t.seq_len)))
+    kv_ids = jnp.pad(ids, ((0, 0), (0, t.kv_len_padded - t.seq_len)))
+    if for_kv_blocks:
+        return kv_ids[:, :, None], q_ids.reshape(t.batch, t.num_q_blocks, t.block_q)
+    return q_ids[:, :, None], kv_ids.reshape(t.batch, t.num_kv_blocks, t.block_k)
+
+
+def _as_rows(stats, t):
+    """Per-query statistics [b, heads, q_len_padded, 1] -> [b, heads, num_q_blocks, block_q] (free)."""
+    return stats.reshape(t.batch, t.num_heads, t.num_q_blocks, t.block_q)
+
+
+def _row_dot(out_cols, d_out_cols, t):
+    """D = rowsum(dO ∘ O) per query and head, float32 [b, heads, q_len_padded, 1]."""
+    shape = (t.batch, t.q_len_padded, t.num_heads, t.head_dim)
+    product = out_cols.reshape(shape).astype(jnp.float32) * d_out_cols.reshape(shape).astype(jnp.float32)
+    return product.sum(axis=-1).transpose(0, 2, 1)[..., None]
+
+
+def _forward_kernel(*refs, t):
+    """One query block of one head: online softmax over the key blocks it can see."""
+    q_ref, k_ref, v_ref, *segment_refs, out_ref, lse_ref = refs
+    q_block = pl.program_id(2)
+    q = q_ref[...]
+    q_ids = segment_refs[0][...] if segment_refs else None
+
+    def visit(kv_block, carry, masked):
+        acc, row_max, row_sum = carry
+        keys = _block_slice(kv_block, t.block_k)
+        scores = _scores(q, k_ref[keys, :], t.sm_scale)
+        if masked:
+            visible = _visible(t, _positions(q_block, t.block_q, scores.shape, 0),
+                               _positions(kv_block, t.block_k, scores.shape, 1), q_ids,
+                               _row_of_ids(segment_refs, kv_block))
+            scores = jnp.where(visible, scores, -jnp.inf)
+        new_max = jnp.maximum(row_max, scores.max(axis=1, keepdims=True))
+        shift = _finite_or_zero(new_max)
+        probs = jnp.exp(scores - shift)
+        correction = jnp.exp(row_max - shift)
+        row_sum = correction * row_sum + probs.sum(axis=1, keepdims=True)
+        v = v_ref[keys, :]
+        acc = correction * acc + _matmul(probs.astype(v.dtype), v)
+        return acc, new_max, row_sum
+
+    rows = (t.block_q, 1)
+    init = (jnp.zeros((t.block_q, t.head_dim), jnp.float32), jnp.full(rows, -jnp.inf, jnp.float32),
+            jnp.zeros(rows, jnp.float32))
+    acc, row_max, row_sum = _fold_blocks(visit, _key_block_ranges(t, q_block), init)
+    out_ref[...] = (acc / jnp.where(row_sum > 0, row_sum, 1.0)).astype(out_ref.dtype)
+    lse_ref[...] = row_max + jnp.log(row_sum)
+
+
+def _dq_kernel(*refs, t):
+    """One query block of one head: dQ_i = scale Σ_j dS_ij K_j over the key blocks it can see."""
+    q_ref, k_ref, v_ref, d_out_ref, lse_ref, delta_ref, *segment_refs, dq_ref = refs
+    q_block = pl.program_id(2)
+    q, d_out, lse, delta = q_ref[...], d_out_ref[...], lse_ref[...], delta_ref[...]
+    q_ids = segment_refs[0][...] if segment_refs else None
+
+    def visit(kv_block, dq, masked):
+        keys = _block_slice(kv_block, t.block_k)
+        k, v = k_ref[keys, :], v_ref[keys, :]
+        scores = _scores(q, k, t.sm_scale)
+        visible = None
+        if masked:
+            visible = _visible(t, _positions(q_block, t.block_q, scores.shape, 0),
+                               _positions(kv_block, t.block_k, scores.shape, 1), q_ids,
+                               _row_of_ids(segment_refs, kv_block))
+        probs = _probabilities(scores, lse, visible)
+        d_scores = probs * (_matmul_nt(d_out, v) - delta)
+        return dq + _matmul(d_scores.astype(k.dtype), k)
+
+    dq = _fold_blocks(visit, _key_block_ranges(t, q_block), jnp.zeros((t.block_q, t.head_dim), jnp.float32))
+    dq_ref[...] = (t.sm_scale * dq).astype(dq_ref.dtype)
+
+
+def _dkdv_kernel(*refs, t):
+    """One key block, for one query head, transposed (keys along rows):
+
+    Sᵀ = scale · K_j Q_iᵀ,  Pᵀ = exp(Sᵀ − L_i),  dV_j = Σ_i Pᵀ dO_i,
+    dSᵀ = Pᵀ ∘ (V_j dO_iᵀ − D_i),  dK_j = scale Σ_i dSᵀ Q_i.
+    """
+    q_ref, k_ref, v_ref, d_out_ref, lse_ref, delta_ref, *segment_refs, dk_ref, dv_ref = refs
+    kv_block = pl.program_id(2)
+    k, v = k_ref[...], v_ref[...]
+    kv_ids = segment_refs[0][...] if segment_refs else None
+
+    def visit(q_block, carry, masked):
+        dk, dv = carry
+        rows = _block_slice(q_block, t.block_q)
+        q, d_out = q_ref[rows, :], d_out_ref[rows, :]
+        scores_t = _scores(k, q, t.sm_scale)
+        visible_t = None
+        if masked:
+            visible_t = _visible(t, _positions(q_block, t.block_q, scores_t.shape, 1),
+                                 _positions(kv_block, t.block_k, scores_t.shape, 0),
+                                 _row_of_ids(segment_refs, q_block), kv_ids)
+        probs_t = _probabilities(scores_t, lse_ref[pl.ds(q_block, 1), :], visible_t)
+        d_scores_t = probs_t * (_matmul_nt(v, d_out) - delta_ref[pl.ds(q_block, 1), :])
+        dv = dv + _matmul(probs_t.astype(d_out.dtype), d_out)
+        dk = dk + _matmul(d_scores_t.astype(q.dtype), q)
+        return dk, dv
+
+    zeros = jnp.zeros((t.block_k, t.head_dim), jnp.float32)
+    dk, dv = _fold_blocks(visit, _query_block_ranges(t, kv_block), (zeros, zeros))
+    dk_ref[...] = (t.sm_scale * dk).astype(dk_ref.dtype)
+    dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def _key_block_ranges(t, q_block):
+    """Key blocks query block `q_block` visits, as (start, stop, masked) ranges.
+
+    Causal: blocks past the diagonal are skipped, and blocks whose last key is at or before the
+    block's first query need no mask (so they hold no padding either).
+    """
+    stop = jnp.minimum(_cdiv((q_block + 1) * t.block_q, t.block_k), t.num_kv_blocks) if t.causal \
+        else t.num_kv_blocks
+    if not t.needs_mask:
+        return ((0, stop, False),)
+    if t.has_segments:
+        first_masked = 0
+    elif t.causal:
+        first_masked = lax.div(q_block * t.block_q + 1, t.block_k)
+    else:
+        first_masked = t.seq_len // t.block_k
+    return ((0, first_masked, False), (first_masked, stop, True))
+
+
+def _query_block_ranges(t, kv_block):
+    """Query blocks key block `kv_block` receives gradient from, as (start, stop, masked) ranges.
+
+    Causal: query blocks wholly above the diagonal are skipped; those whose first query is at or
+    after the block's last key need no mask. Padded keys need no mask here: they are this
+    program's own rows, and their dK, dV are cut off.
+    """
+    start = lax.div(kv_block * t.block_k, t.block_q) if t.causal else 0
+    if not (t.causal or t.has_segments):
+        return ((start, t.num_q_blocks, False),)
+    if t.has_segments:
+        first_unmasked = t.num_q_blocks
+    else:
+        first_unmasked = jnp.minimum(_cdiv((kv_block + 1) * t.block_k - 1, t.block_q), t.num_q_blocks)
+    return ((start, first_unmasked, True), (first_unmasked, t.num_q_blocks, False))
+
+
+def _fold_blocks(visit, ranges, carry):
+    """Folds visit(block, carry, masked) over consecutive (start, stop, masked) block ranges."""
+    for start, stop, masked in ranges:
+        carry = lax.fori_loop(start, stop, functools.partial(visit, masked=masked), carry)
+    return carry
+
+
+def _visible(t, q_pos, kv_pos, q_ids, kv_ids):
+    """Which (query, key) pairs of a block are visible: key inside the sequence, not in the future
+    (causal), same segment. Positions and ids broadcast against each other."""
+    conditions = []
+    if t.keys_padded:
+        conditions.append(kv_pos < t.seq_len)
+    if t.causal:
+        conditions.append(q_pos >= kv_pos)
+    if t.has_segments:
+        conditions.append(q_ids == kv_ids)
+    return functools.reduce(jnp.logical_and, conditions)
+
+
+def _positions(block, block_size, shape, axis):
+    """Sequence positions of a block's entries along `axis` of a 2-D tile of `shape`."""
+    return block * block_size + lax.broadcasted_iota(jnp.int32, shape, axis)
+
+
+def _row_of_ids(segment_refs, block):
+    """Segment ids [1, block] of the looped-over side's block `block`, or None without segments."""
+    return segment_refs[1][pl.ds(block, 1), :] if segment_refs else None
+
+
+def _probabilities(scores, lse, visible):
+    """P = exp(S − L), exactly 0 where the key is not visible (also for rows with L = −inf)."""
+    probs = jnp.exp(scores - lse)
+    return probs if visible is None else jnp.where(visible, probs, 0.0)
+
+
+def _finite_or_zero(row_max):
+    """The softmax shift: the running maximum, or 0 while a row has seen no visible key."""
+    return jnp.where(row_max == -jnp.inf, 0.0, row_max)
+
+
+def _block_slice(block, size):
+    return pl.ds(pl.multiple_of(block * size, size), size)
+
+
+def _cdiv(a, b):
+    return lax.div(a + b - 1, b)
+
+
+def _scores(q, k, sm_scale):
+    """S = scale · q kᵀ in float32."""
+    return sm_scale * _matmul_nt(q, k)
+
+
+def _matmul(a, b):
+    """a b with float32 accumulation."""
+    return jnp.dot(a, b, preferred_element_type=jnp.float32)
+
+
+def _matmul_nt(a, b):
+    """a bᵀ with float32 accumulation."""
+    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
