@@ -200,7 +200,7 @@ def model_config_from_hf(hf: dict, config_path: Path) -> ml_collections.ConfigDi
         num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
         hidden_dim=hf["intermediate_size"], ffn_dim_multiplier=config_dict.placeholder(float), multiple_of=256,
         max_seq_len=hf.get("max_position_embeddings", 2048), norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        rope_theta=rope_theta_from_hf(hf, config_path), dtype="float32", attention_impl="xla", remat="none",
+        rope_theta=rope_theta_from_hf(hf, config_path), dtype="float32", attention_impl="xla", remat="none", scan_layers=True,
     ))
     try:
         validate_llama(model_config, seq_len=model_config.max_seq_len)

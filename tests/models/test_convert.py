@@ -122,7 +122,7 @@ def test_our_random_params_round_trip_through_hf(tmp_path):
     model_config = ml_collections.ConfigDict(dict(
         vocab_size=96, dim=48, num_layers=3, num_heads=6, num_kv_heads=6,
         hidden_dim=config_dict.placeholder(int), ffn_dim_multiplier=1.3, multiple_of=32, max_seq_len=32,
-        norm_eps=1e-6, rope_theta=1234.0, dtype="float32", attention_impl="xla", remat="none"))
+        norm_eps=1e-6, rope_theta=1234.0, dtype="float32", attention_impl="xla", remat="none", scan_layers=True))
     shapes = jax.eval_shape(Llama(model_config).init, jax.random.key(0), np.zeros((1, 4), np.int32))["params"]
     rng = np.random.default_rng(0)
     boxed = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)

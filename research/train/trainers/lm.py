@@ -5,6 +5,8 @@ kept apart by `segment_ids`. A step of `grad_accum_steps` micro-batches sums the
 micro-batch gradients of Σ w·nll / Σ_batch w, so it equals one step on the whole batch.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +17,7 @@ from research.data.tokenizer import get_tokenizer
 from research.decoding.sampling import generate
 from research.models import count_params, make_model
 from research.optim import make_optimizer, make_schedule
+from research.parallel.grad_sync import data_parallel
 from research.train.flops import flops_per_token
 from research.train.losses import weighted_nll_sum
 from research.train.state import TrainState
@@ -38,9 +41,9 @@ def split_microbatches(batch: dict, num_micro: int) -> dict:
     return jax.tree.map(lambda x: x.reshape(x.shape[0] // num_micro, num_micro, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
-def accumulated_gradients(model, params, batch, num_micro: int):
-    """(loss, grads) of the whole batch as the sum over micro-batches of ∇(Σ_m w·nll / Σ w)."""
-    total_weight = jnp.maximum(jnp.sum(batch["weights"].astype(jnp.float32)), 1.0)
+def accumulated_gradients(model, params, batch, total_weight, num_micro: int):
+    """(loss, grads) of `batch` as the sum over micro-batches of ∇(Σ_m w·nll / W),
+    W = `total_weight` (the whole global batch's, so partial results add up)."""
 
     def micro_loss(p, micro):
         nll_sum, _ = loss_sums(model, p, micro)
@@ -59,12 +62,16 @@ def accumulated_gradients(model, params, batch, num_micro: int):
     return loss, grads
 
 
-def make_train_step(model, optimizer, schedule, num_micro: int):
-    """`train_step(state, batch, rng) -> (state, metrics)`: one optimizer update on the batch."""
+def make_train_step(model, optimizer, schedule, num_micro: int, mesh=None, grad_reduce: str = "auto"):
+    """`train_step(state, batch, rng) -> (state, metrics)`: one optimizer update on the batch,
+    gradients synchronised over the data axis as `grad_reduce` says (research/parallel/grad_sync.py)."""
+    gradients = data_parallel(functools.partial(accumulated_gradients, model, num_micro=num_micro), mesh,
+                              grad_reduce)
 
     def train_step(state, batch, rng):
         del rng  # the LLaMA model has no dropout
-        loss, grads = accumulated_gradients(model, state.params, batch, num_micro)
+        total_weight = jnp.maximum(jnp.sum(batch["weights"].astype(jnp.float32)), 1.0)
+        loss, grads = gradients(state.params, batch, total_weight)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step)}
@@ -75,7 +82,6 @@ def make_train_step(model, optimizer, schedule, num_micro: int):
 
 def build(config, mesh) -> Task:
     """Model, optimizer, data and steps of LM training for `config`."""
-    del mesh  # sharding is the loop's job; the model is mesh-agnostic
     tokenizer = get_tokenizer(config.data)
     if tokenizer.vocab_size > config.model.vocab_size:
         raise ValueError(f"config field model.vocab_size: {config.model.vocab_size} is smaller than the "
@@ -118,7 +124,8 @@ def build(config, mesh) -> Task:
     tokens_per_step = train_cfg.batch_size * train_cfg.seq_len
     return Task(
         init_state=init_state,
-        train_step=make_train_step(model, optimizer, schedule, train_cfg.grad_accum_steps),
+        train_step=make_train_step(model, optimizer, schedule, train_cfg.grad_accum_steps, mesh,
+                                   config.parallel.grad_reduce),
         eval_step=eval_step,
         summarize_eval=summarize_eval,
         train_batches=batches("train", None, config.seed),
