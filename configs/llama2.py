@@ -72,7 +72,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         schedule="warmup_cosine", warmup_steps=25 if tiny else 2000, final_lr_fraction=0.1,
         mu_dtype=config_dict.placeholder(str),
     ))
-    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1))
+    # context > 1 adds a `context` axis that splits sequences (research/parallel/mesh.py)
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1, context=1))
+    config.parallel = ml_collections.ConfigDict(dict(grad_reduce="auto"))  # research/parallel/grad_sync.py
     config.distributed = ml_collections.ConfigDict(dict(
         coordinator_address=config_dict.placeholder(str),
         num_processes=config_dict.placeholder(int),

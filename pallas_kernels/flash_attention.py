@@ -17,7 +17,17 @@ Backward, recomputing P_ij = exp(S_ij − L_i) block by block:
 Kernel 2 works on transposed tiles (keys along rows), so every product is a b or a bᵀ, and
 L, D are read as lane-dense rows.
 
-Masks. Query i sees key j when j < seq_len (padding), j ≤ i (causal) and the segment ids match.
+Gradient of the log-sum-exp. `flash_attention_with_lse` also returns L, and L may carry a
+cotangent dL (ring attention merges partial results through it). Since ∂L_i/∂S_ij = P_ij, it adds
+dL_i P_ij to dS_ij, which is the same backward with D_i replaced by D_i − dL_i.
+
+Blocks of a longer attention. `flash_attention_with_lse` and `flash_attention_backward` also take
+a key sequence of another length than the queries, with its own segment ids: (O, L) of a block of
+keys, and the gradients of a block from the final O and L of all blocks (P_ij = exp(S_ij − L_i)
+with the final L is the block's share of the full softmax). That is the per-block work of ring
+attention (research/parallel/ring_attention.py).
+
+Masks. Query i sees key j when j < kv_len (padding), j ≤ i (causal) and the segment ids match.
 Key blocks that no query of the block can see are never visited (causal skipping), and blocks
 every query sees in full run without building a mask. A row with no visible key has ℓ = 0; it
 yields O = 0 and L = −inf, and its recomputed P is 0, so no NaN appears anywhere.
@@ -51,7 +61,8 @@ class _Tiling:
     """Static description of one call: sizes, block sizes and which masks apply."""
 
     batch: int
-    seq_len: int
+    q_len: int
+    kv_len: int
     num_heads: int
     num_kv_heads: int
     head_dim: int
@@ -79,11 +90,11 @@ class _Tiling:
 
     @property
     def num_q_blocks(self):
-        return pl.cdiv(self.seq_len, self.block_q)
+        return pl.cdiv(self.q_len, self.block_q)
 
     @property
     def num_kv_blocks(self):
-        return pl.cdiv(self.seq_len, self.block_k)
+        return pl.cdiv(self.kv_len, self.block_k)
 
     @property
     def q_len_padded(self):
@@ -95,7 +106,7 @@ class _Tiling:
 
     @property
     def keys_padded(self):
-        return self.kv_len_padded != self.seq_len
+        return self.kv_len_padded != self.kv_len
 
     @property
     def needs_mask(self):
@@ -124,42 +135,117 @@ def flash_attention(q, k, v, *, causal=False, segment_ids=None, sm_scale=None, b
       ValueError: mismatched shapes or dtypes, heads not divisible by kv_heads, segment_ids of the
         wrong shape, or block sizes the compile target cannot tile.
     """
-    tiling = _make_tiling(q, k, v, segment_ids, causal, sm_scale, block_q, block_k, interpret)
-    return _flash_attention(q, k, v, segment_ids, tiling)
+    _check_qkv(q, k, v, same_length=True)
+    _check_segment_ids("segment_ids", segment_ids, q.shape[0], q.shape[1])
+    tiling = _make_tiling(q, k, segment_ids is not None, causal, sm_scale, block_q, block_k, interpret)
+    return _flash_attention(q, k, v, segment_ids, segment_ids, tiling)[0]
 
 
-def _make_tiling(q, k, v, segment_ids, causal, sm_scale, block_q, block_k, interpret):
-    """Validates the inputs and fixes the static tiling; raises ValueError naming the problem."""
+def flash_attention_with_lse(q, k, v, *, causal=False, q_segment_ids=None, kv_segment_ids=None, sm_scale=None,
+                             block_q=128, block_k=128, interpret=None):
+    """Attention of queries over a block of keys, with its log-sum-exp; differentiable in q, k, v
+    through both outputs.
+
+        out_i = Σ_j P_ij v_j,   L_i = log Σ_j exp(S_ij)   over the keys j that query i sees.
+
+    Args:
+      q: [batch, q_len, heads, head_dim]. k, v: [batch, kv_len, kv_heads, head_dim]; kv_len may
+        differ from q_len.
+      causal: query i sees only keys j ≤ i (by index, both sequences counted from 0).
+      q_segment_ids, kv_segment_ids: optional int [batch, q_len] and [batch, kv_len], both or neither;
+        query i sees key j only when their ids are equal.
+      sm_scale, block_q, block_k, interpret: as for `flash_attention`.
+
+    Returns:
+      (out [batch, q_len, heads, head_dim] in q's dtype, lse [batch, q_len, heads] float32). A query
+      that sees no key gets out = 0 and lse = −inf.
+
+    Raises:
+      ValueError: as `flash_attention`, and when only one of the segment ids is given.
+    """
+    _check_qkv(q, k, v, same_length=False)
+    has_segments = _check_segment_pair(q, k, q_segment_ids, kv_segment_ids)
+    tiling = _make_tiling(q, k, has_segments, causal, sm_scale, block_q, block_k, interpret)
+    return _flash_attention(q, k, v, q_segment_ids, kv_segment_ids, tiling)
+
+
+def flash_attention_backward(q, k, v, out, lse, d_out, *, causal=False, q_segment_ids=None, kv_segment_ids=None,
+                             sm_scale=None, block_q=128, block_k=128, interpret=None):
+    """Gradients (dq, dk, dv) of a block of keys, given the final output and log-sum-exp of the queries.
+
+    `out` [batch, q_len, heads, head_dim] and `lse` [batch, q_len, heads] are the attention of q over
+    all key blocks (of which k, v is one) and d_out the cotangent of `out`. With P_ij = exp(S_ij − L_i)
+    and D_i = rowsum(dO_i ∘ O_i), this block's terms are
+        dq = scale Σ_j P_ij (dO_i·v_j − D_i) k_j,  dk_j = scale Σ_i P_ij (dO_i·v_j − D_i) q_i,
+        dv_j = Σ_i P_ij dO_i,
+    and the gradients of the whole attention are the sums of these over the key blocks.
+    Arguments and errors as for `flash_attention_with_lse`; results shaped like q, k, v.
+    """
+    _check_qkv(q, k, v, same_length=False)
+    has_segments = _check_segment_pair(q, k, q_segment_ids, kv_segment_ids)
+    for name, x, shape in (("out", out, q.shape), ("d_out", d_out, q.shape), ("lse", lse, q.shape[:3])):
+        if x.shape != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {x.shape}")
+    t = _make_tiling(q, k, has_segments, causal, sm_scale, block_q, block_k, interpret)
+    q_cols, k_cols, v_cols = _to_columns(q, t.q_len_padded), _to_columns(k, t.kv_len_padded), \
+        _to_columns(v, t.kv_len_padded)
+    residuals = (q_cols, k_cols, v_cols, q_segment_ids, kv_segment_ids, _to_columns(out, t.q_len_padded),
+                 _lse_to_kernel(lse, t))
+    dq, dk, dv, _, _ = _backward(t, residuals, (d_out, None))
+    return dq, dk, dv
+
+
+def _check_qkv(q, k, v, same_length):
+    """Raises ValueError unless q [b, s, h, d] and k, v [b, s', kv_h, d] fit together (s' = s if `same_length`)."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.ndim != 4:
             raise ValueError(f"{name} must be [batch, seq, heads, head_dim], got shape {x.shape}")
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got k {k.shape} and v {v.shape}")
-    batch, seq_len, num_heads, head_dim = q.shape
-    _, kv_len, num_kv_heads, kv_head_dim = k.shape
-    if (k.shape[0], kv_len, kv_head_dim) != (batch, seq_len, head_dim):
-        raise ValueError(f"q {q.shape} and k/v {k.shape} must agree in batch, seq and head_dim")
-    if seq_len < 1:
-        raise ValueError(f"the sequence length must be positive, got q {q.shape}")
-    if num_heads % num_kv_heads:
-        raise ValueError(f"heads ({num_heads}) must be divisible by kv_heads ({num_kv_heads})")
+    shared = (0, 1, 3) if same_length else (0, 3)
+    if any(k.shape[axis] != q.shape[axis] for axis in shared):
+        names = "batch, seq and head_dim" if same_length else "batch and head_dim"
+        raise ValueError(f"q {q.shape} and k/v {k.shape} must agree in {names}")
+    if q.shape[1] < 1 or k.shape[1] < 1:
+        raise ValueError(f"the sequence length must be positive, got q {q.shape} and k/v {k.shape}")
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"heads ({q.shape[2]}) must be divisible by kv_heads ({k.shape[2]})")
     if not (q.dtype == k.dtype == v.dtype) or not jnp.issubdtype(q.dtype, jnp.floating):
         raise ValueError(f"q, k, v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if segment_ids is not None and (segment_ids.shape != (batch, seq_len)
-                                    or not jnp.issubdtype(segment_ids.dtype, jnp.integer)):
-        raise ValueError(f"segment_ids must be integer [batch, seq] = {(batch, seq_len)}, "
-                         f"got {segment_ids.dtype} {segment_ids.shape}")
+
+
+def _check_segment_ids(name, ids, batch, length):
+    if ids is not None and (ids.shape != (batch, length) or not jnp.issubdtype(ids.dtype, jnp.integer)):
+        raise ValueError(f"{name} must be integer [batch, seq] = {(batch, length)}, got {ids.dtype} {ids.shape}")
+
+
+def _check_segment_pair(q, k, q_segment_ids, kv_segment_ids):
+    """Validates the query and key segment ids; returns whether there are any."""
+    if (q_segment_ids is None) != (kv_segment_ids is None):
+        raise ValueError("q_segment_ids and kv_segment_ids must be given together")
+    _check_segment_ids("q_segment_ids", q_segment_ids, q.shape[0], q.shape[1])
+    _check_segment_ids("kv_segment_ids", kv_segment_ids, k.shape[0], k.shape[1])
+    return q_segment_ids is not None
+
+
+def _make_tiling(q, k, has_segments, causal, sm_scale, block_q, block_k, interpret):
+    """Fixes the static tiling of validated inputs; raises ValueError for blocks the target cannot tile."""
     for name, block in (("block_q", block_q), ("block_k", block_k)):
         if not isinstance(block, int) or block < 1:
             raise ValueError(f"{name} must be a positive int, got {block!r}")
-    longest_useful_block = max(MIN_BLOCK, pl.next_power_of_2(seq_len))
+    batch, q_len, num_heads, head_dim = q.shape
+    kv_len, num_kv_heads = k.shape[1], k.shape[2]
     tiling = _Tiling(
-        batch=batch, seq_len=seq_len, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
-        block_q=min(block_q, longest_useful_block), block_k=min(block_k, longest_useful_block),
-        causal=bool(causal), has_segments=segment_ids is not None,
+        batch=batch, q_len=q_len, kv_len=kv_len, num_heads=num_heads, num_kv_heads=num_kv_heads,
+        head_dim=head_dim, block_q=min(block_q, _longest_useful_block(q_len)),
+        block_k=min(block_k, _longest_useful_block(kv_len)), causal=bool(causal), has_segments=has_segments,
         sm_scale=float(head_dim ** -0.5 if sm_scale is None else sm_scale), target=_target(interpret))
     _check_tiling(tiling)
     return tiling
+
+
+def _longest_useful_block(length):
+    return max(MIN_BLOCK, pl.next_power_of_2(length))
 
 
 def _target(interpret):
@@ -190,18 +276,17 @@ def _check_tiling(t):
                          "than one head (each head is a column block of [b, s, heads·head_dim])")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _flash_attention(q, k, v, segment_ids, tiling):
-    out, _ = _forward(q, k, v, segment_ids, tiling)
-    return out
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _flash_attention(q, k, v, q_segment_ids, kv_segment_ids, tiling):
+    return _forward(q, k, v, q_segment_ids, kv_segment_ids, tiling)[0]
 
 
-def _forward(q, k, v, segment_ids, t):
-    """Runs the forward kernel; returns the output and the residuals of the backward pass."""
+def _forward(q, k, v, q_segment_ids, kv_segment_ids, t):
+    """Runs the forward kernel; returns (out, lse) and the residuals of the backward pass."""
     q_cols = _to_columns(q, t.q_len_padded)
     k_cols = _to_columns(k, t.kv_len_padded)
     v_cols = _to_columns(v, t.kv_len_padded)
-    segments_for_q = _segment_inputs(segment_ids, t, for_kv_blocks=False)
+    segments_for_q = _segment_inputs(q_segment_ids, kv_segment_ids, t, for_kv_blocks=False)
     specs = _BlockSpecs(t)
     out_cols, lse = pl.pallas_call(
         functools.partial(_forward_kernel, t=t),
@@ -214,18 +299,21 @@ def _forward(q, k, v, segment_ids, t):
         compiler_params=t.compiler_params,
         name="flash_attention_forward",
     )(q_cols, k_cols, v_cols, *segments_for_q)
-    out = _from_columns(out_cols, t.seq_len, t.num_heads)
-    return out, (q_cols, k_cols, v_cols, segment_ids, out_cols, lse)
+    outputs = (_from_columns(out_cols, t.q_len, t.num_heads), _lse_from_kernel(lse, t))
+    return outputs, (q_cols, k_cols, v_cols, q_segment_ids, kv_segment_ids, out_cols, lse)
 
 
-def _backward(t, residuals, d_out):
-    """Runs the dQ and dK/dV kernels; returns (dq, dk, dv) shaped like (q, k, v), and no cotangent
-    for the integer segment ids."""
-    q_cols, k_cols, v_cols, segment_ids, out_cols, lse = residuals
-    segments_for_q = _segment_inputs(segment_ids, t, for_kv_blocks=False)
-    segments_for_kv = _segment_inputs(segment_ids, t, for_kv_blocks=True)
+def _backward(t, residuals, cotangents):
+    """Runs the dQ and dK/dV kernels; returns (dq, dk, dv) shaped like (q, k, v), and no cotangents
+    for the integer segment ids. A cotangent dL of the log-sum-exp enters as D − dL."""
+    q_cols, k_cols, v_cols, q_segment_ids, kv_segment_ids, out_cols, lse = residuals
+    d_out, d_lse = cotangents
+    segments_for_q = _segment_inputs(q_segment_ids, kv_segment_ids, t, for_kv_blocks=False)
+    segments_for_kv = _segment_inputs(q_segment_ids, kv_segment_ids, t, for_kv_blocks=True)
     d_out_cols = _to_columns(d_out, t.q_len_padded)
     delta = _row_dot(out_cols, d_out_cols, t)
+    if d_lse is not None:
+        delta = delta - _lse_to_kernel(d_lse, t)
     specs = _BlockSpecs(t)
     dq_cols = pl.pallas_call(
         functools.partial(_dq_kernel, t=t),
@@ -251,10 +339,10 @@ def _backward(t, residuals, d_out):
         compiler_params=t.compiler_params,
         name="flash_attention_dkdv",
     )(q_cols, k_cols, v_cols, d_out_cols, _as_rows(lse, t), _as_rows(delta, t), *segments_for_kv)
-    dq = _from_columns(dq_cols, t.seq_len, t.num_heads)
+    dq = _from_columns(dq_cols, t.q_len, t.num_heads)
     dk = _sum_over_groups(dk_cols, t).astype(k_cols.dtype)
     dv = _sum_over_groups(dv_cols, t).astype(v_cols.dtype)
-    return dq, dk, dv, None
+    return dq, dk, dv, None, None
 
 
 _flash_attention.defvjp(_forward, _backward)
@@ -298,25 +386,36 @@ def _from_columns(x, seq_len, heads):
 
 
 def _sum_over_groups(x, t):
-    """Per-query-head dK or dV [b, padded_len, heads·d] -> [b, seq_len, kv_heads, d], summing each group."""
+    """Per-query-head dK or dV [b, padded_len, heads·d] -> [b, kv_len, kv_heads, d], summing each group."""
     grouped = x.reshape(t.batch, t.kv_len_padded, t.num_kv_heads, t.group, t.head_dim)
-    return grouped.sum(axis=3, dtype=jnp.float32)[:, :t.seq_len]
+    return grouped.sum(axis=3, dtype=jnp.float32)[:, :t.kv_len]
 
 
-def _segment_inputs(segment_ids, t, for_kv_blocks):
+def _segment_inputs(q_segment_ids, kv_segment_ids, t, for_kv_blocks):
     """Segment ids as kernel inputs, padded: (own side as a column, other side as rows).
 
     Query-block kernels get (q [b, q_len_padded, 1], kv [b, num_kv_blocks, block_k]);
     the key-block kernel gets (kv [b, kv_len_padded, 1], q [b, num_q_blocks, block_q]).
     """
-    if segment_ids is None:
+    if q_segment_ids is None:
         return ()
-    ids = segment_ids.astype(jnp.int32)
-    q_ids = jnp.pad(ids, ((0, 0), (0, t.q_len_padded - t.seq_len)))
-    kv_ids = jnp.pad(ids, ((0, 0), (0, t.kv_len_padded - t.seq_len)))
+    q_ids = jnp.pad(q_segment_ids.astype(jnp.int32), ((0, 0), (0, t.q_len_padded - t.q_len)))
+    kv_ids = jnp.pad(kv_segment_ids.astype(jnp.int32), ((0, 0), (0, t.kv_len_padded - t.kv_len)))
     if for_kv_blocks:
         return kv_ids[:, :, None], q_ids.reshape(t.batch, t.num_q_blocks, t.block_q)
     return q_ids[:, :, None], kv_ids.reshape(t.batch, t.num_kv_blocks, t.block_k)
+
+
+def _lse_from_kernel(lse, t):
+    """The kernels' log-sum-exp [b, heads, q_len_padded, 1] -> [b, q_len, heads]."""
+    return lse[:, :, :t.q_len, 0].transpose(0, 2, 1)
+
+
+def _lse_to_kernel(lse, t):
+    """[b, q_len, heads] -> [b, heads, q_len_padded, 1] float32. Padded queries get 0: finite, so that
+    their P = exp(S − 0) times their zero dO adds nothing to dK, dV."""
+    lse = jnp.pad(lse.astype(jnp.float32), ((0, 0), (0, t.q_len_padded - t.q_len), (0, 0)))
+    return lse.transpose(0, 2, 1)[..., None]
 
 
 def _as_rows(stats, t):
@@ -424,8 +523,8 @@ def _dkdv_kernel(*refs, t):
 def _key_block_ranges(t, q_block):
     """Key blocks query block `q_block` visits, as (start, stop, masked) ranges.
 
-    Causal: blocks past the diagonal are skipped, and blocks whose last key is at or before the
-    block's first query need no mask (so they hold no padding either).
+    Causal: blocks past the diagonal are skipped. Without segments, whole key blocks free of padding
+    need no mask, and under causal only those whose last key is at or before the block's first query.
     """
     stop = jnp.minimum(_cdiv((q_block + 1) * t.block_q, t.block_k), t.num_kv_blocks) if t.causal \
         else t.num_kv_blocks
@@ -434,9 +533,9 @@ def _key_block_ranges(t, q_block):
     if t.has_segments:
         first_masked = 0
     elif t.causal:
-        first_masked = lax.div(q_block * t.block_q + 1, t.block_k)
+        first_masked = jnp.minimum(lax.div(q_block * t.block_q + 1, t.block_k), t.kv_len // t.block_k)
     else:
-        first_masked = t.seq_len // t.block_k
+        first_masked = t.kv_len // t.block_k
     return ((0, first_masked, False), (first_masked, stop, True))
 
 
@@ -469,7 +568,7 @@ def _visible(t, q_pos, kv_pos, q_ids, kv_ids):
     (causal), same segment. Positions and ids broadcast against each other."""
     conditions = []
     if t.keys_padded:
-        conditions.append(kv_pos < t.seq_len)
+        conditions.append(kv_pos < t.kv_len)
     if t.causal:
         conditions.append(q_pos >= kv_pos)
     if t.has_segments:

@@ -8,7 +8,8 @@ import ml_collections
 
 REQUIRED_SECTIONS = ("model", "trainer", "optimizer", "data", "mesh", "seed", "train")
 REQUIRED_TRAIN_FIELDS = ("steps", "batch_size", "seq_len", "log_every", "eval_every", "checkpoint_every")
-MESH_AXES = ("data", "fsdp", "tensor", "expert")
+MESH_AXES = ("data", "fsdp", "tensor", "expert", "context")  # research/parallel/mesh.py
+ATTENTION_IMPLS = ("xla", "pallas", "cudnn")  # research/models/layers.py
 
 
 def require(condition: bool, field: str, problem: str) -> None:
@@ -27,6 +28,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         validate_llama(config.model, config.train.seq_len)
     if "tokenizer" in config.data:
         validate_data(config.data, config.model)
+    if "parallel" in config:
+        validate_parallel(config.parallel, config.mesh)
 
 
 def validate_train(train) -> None:
@@ -51,6 +54,17 @@ def validate_mesh(mesh) -> None:
     require(sum(mesh.get(a, 1) == -1 for a in MESH_AXES) <= 1, "mesh", "at most one axis may be -1")
 
 
+def validate_parallel(parallel, mesh) -> None:
+    from research.parallel.grad_sync import GRAD_REDUCE_METHODS
+
+    require(parallel.grad_reduce in GRAD_REDUCE_METHODS, "parallel.grad_reduce",
+            f"{parallel.grad_reduce!r} is not one of {GRAD_REDUCE_METHODS}")
+    if parallel.grad_reduce != "auto":
+        sharded = {a: mesh.get(a, 1) for a in ("fsdp", "tensor", "expert") if mesh.get(a, 1) != 1}
+        require(not sharded, "parallel.grad_reduce",
+                f"{parallel.grad_reduce!r} needs a purely data-parallel mesh, but mesh has {sharded}")
+
+
 def validate_optimizer(optimizer) -> None:
     for field in ("learning_rate", "weight_decay"):
         if field in optimizer:
@@ -71,6 +85,8 @@ def validate_llama(model, seq_len: int) -> None:
     require(seq_len <= model.max_seq_len, "train.seq_len",
             f"{seq_len} exceeds model.max_seq_len {model.max_seq_len}")
     require(model.remat in ("none", "full", "dots"), "model.remat", f"{model.remat!r} not in none/full/dots")
+    require(model.get("attention_impl", "xla") in ATTENTION_IMPLS, "model.attention_impl",
+            f"{model.get('attention_impl')!r} is not one of {ATTENTION_IMPLS}")
     try:
         jnp.dtype(model.dtype)
     except TypeError:

@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from research.config import unfrozen
+from research.models.layers import kv_cache_length
 from research.models.llama import init_cache, unstack_layers
 
 
@@ -86,7 +87,7 @@ def generate_padded(model, params, tokens, lengths, rng, *, max_new_tokens, temp
     batch, prompt_len = tokens.shape
     rows = jnp.arange(batch)
     model, params = unrolled(model, params)
-    cache = init_cache(model.config, batch, prompt_len + max_new_tokens)
+    cache = init_cache(model.config, batch, kv_cache_length(prompt_len + max_new_tokens, model.config.attention_impl))
     logits, cache = model.apply({"params": params}, tokens, cache=cache, decode=True)
     cache = {**cache, "lengths": lengths}
     next_logits = logits[rows, lengths - 1]

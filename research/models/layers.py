@@ -12,6 +12,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.decode_attention import decode_attention
+from pallas_kernels.flash_attention import flash_attention
+
 Dtype = Any
 
 NEG_INF = -1e30  # finite, so fully masked rows give a uniform (not NaN) softmax
@@ -125,7 +128,8 @@ class Attention(nn.Module):
 
     q = x·W_q, k = x·W_k, v = x·W_v with RoPE on q and k; out = attention(q, k, v)·W_o.
     With `cache = (k_cache, v_cache)` of shape `[b, max_len, kv_h, d]` the new keys and values
-    are written at `positions` and the queries attend to cache entries at positions ≤ their own.
+    are written at `positions` (consecutive in each row) and the queries attend to cache entries
+    at positions ≤ their own (`cached_attention`).
     """
 
     num_heads: int
@@ -157,24 +161,98 @@ class Attention(nn.Module):
         else:
             k_cache = write_cache(cache[0], k, positions[:, 0])
             v_cache = write_cache(cache[1], v, positions[:, 0])
-            kv_positions = jnp.broadcast_to(jnp.arange(k_cache.shape[1]), k_cache.shape[:2])
-            out = attention(q, k_cache.astype(self.dtype), v_cache.astype(self.dtype), positions, kv_positions,
-                            impl=self.attention_impl)
+            out = cached_attention(q, k_cache.astype(self.dtype), v_cache.astype(self.dtype), positions,
+                                   impl=self.attention_impl)
             new_cache = (k_cache, v_cache)
         out = jnp.einsum("bshk,hkd->bsd", out, w_o.astype(self.dtype))
         return out, new_cache
 
 
-ATTENTION_IMPLS = ("xla",)
+ATTENTION_IMPLS = ("xla", "pallas", "cudnn")
+DECODE_BLOCK_K = 128  # cache positions per split of the "pallas" decode kernel
+DECODE_MAX_QUERIES = 16  # "pallas" runs query blocks up to this length (decode steps) on the decode kernel
 
 
 def attention(q, k, v, q_positions, kv_positions, q_segment_ids=None, kv_segment_ids=None, *, impl="xla"):
-    """Causal attention of q `[b, t, h, d]` over k/v `[b, s, kv_h, d]`, dispatched on `impl`.
+    """Causal self-attention of one sequence: q `[b, t, h, d]` over k/v `[b, t, kv_h, d]`, by `impl`.
 
-    Keys are visible when their position is ≤ the query's and, for packed sequences,
-    their segment id equals the query's.
+    Key j is visible to query i when kv_pos[j] ≤ q_pos[i] and, for packed sequences, the
+    segment ids are equal.
+      "xla":    dense masked scores (`attention_mask`; segment id 0 marks padding and is never visible).
+      "pallas": the flash kernel (pallas_kernels/flash_attention.py), causal by index within segments.
+      "cudnn":  cuDNN's fused attention through `jax.nn.dot_product_attention`, causal by index
+                within segments; needs a CUDA GPU and bfloat16 or float16.
+    Causal by index equals causal by position when positions grow along each segment, as the
+    model's positions do (0, 1, ... per row, or restarting at 0 with each packed document):
+    within a segment j ≤ i ⇔ pos[j] ≤ pos[i], and across segments the ids mask. Real tokens
+    then see the same keys under every impl; only padding rows (segment id 0) differ, which
+    carry no loss.
     """
-    if impl not in ATTENTION_IMPLS:
-        raise ValueError(f"attention_impl={impl!r} is not one of {ATTENTION_IMPLS}")
+    _check_impl(impl, q.dtype)
+    if impl == "pallas":
+        return flash_attention(q, k, v, causal=True, segment_ids=q_segment_ids)
+    if impl == "cudnn":
+        mask = None
+        if q_segment_ids is not None:
+            mask = (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :])[:, None]
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, implementation="cudnn")
     mask = attention_mask(q_positions, kv_positions, q_segment_ids, kv_segment_ids)
     return dot_product_attention(q, k, v, mask)
+
+
+def cached_attention(q, k_cache, v_cache, q_positions, *, impl="xla"):
+    """Attention of the newest t tokens over a KV cache that already holds their keys, by `impl`.
+
+    q `[b, t, h, d]` at consecutive positions `q_positions [b, t]`; k/v_cache `[b, S, kv_h, d]`;
+    cache entry j is visible to the query at position p when j ≤ p.
+      "xla", "cudnn": masked attention over the whole cache.
+      "pallas": t ≤ DECODE_MAX_QUERIES (decode steps): the flash-decoding kernel
+                (pallas_kernels/decode_attention.py) with lengths = last position + 1; it needs
+                S ≤ DECODE_BLOCK_K or a multiple of it (`kv_cache_length`).
+                Longer blocks (a prefill): when every row starts at position 0 the visible
+                entries are exactly the first t, written just now, so causal flash attention over
+                them is exact; otherwise (a later chunk) the dense path.
+    """
+    _check_impl(impl, q.dtype)
+    kv_positions = jnp.broadcast_to(jnp.arange(k_cache.shape[1]), k_cache.shape[:2])
+    if impl == "cudnn":
+        mask = attention_mask(q_positions, kv_positions)[:, None]
+        return jax.nn.dot_product_attention(q, k_cache, v_cache, mask=mask, implementation="cudnn")
+    if impl == "xla":
+        return dot_product_attention(q, k_cache, v_cache, attention_mask(q_positions, kv_positions))
+    num_queries, cache_len = q.shape[1], k_cache.shape[1]
+    if num_queries <= DECODE_MAX_QUERIES:
+        if cache_len > DECODE_BLOCK_K and cache_len % DECODE_BLOCK_K:
+            raise ValueError(f"attention_impl='pallas' decodes the KV cache in blocks of {DECODE_BLOCK_K} "
+                             f"positions: its length {cache_len} must be a multiple of {DECODE_BLOCK_K} "
+                             "(see kv_cache_length)")
+        return decode_attention(q, k_cache, v_cache, q_positions[:, -1] + 1, block_k=DECODE_BLOCK_K)
+
+    def prefill():
+        return flash_attention(q, k_cache[:, :num_queries], v_cache[:, :num_queries], causal=True)
+
+    def later_chunk():
+        return dot_product_attention(q, k_cache, v_cache, attention_mask(q_positions, kv_positions))
+
+    return jax.lax.cond(jnp.all(q_positions[:, 0] == 0), prefill, later_chunk)
+
+
+def kv_cache_length(num_positions: int, impl: str) -> int:
+    """The cache length for `num_positions` tokens: as is, or for "pallas" rounded up to a multiple
+    of DECODE_BLOCK_K once it exceeds one block (entries past a row's tokens are never visible)."""
+    if impl != "pallas" or num_positions <= DECODE_BLOCK_K:
+        return num_positions
+    return -(-num_positions // DECODE_BLOCK_K) * DECODE_BLOCK_K
+
+
+def _check_impl(impl, dtype):
+    """Raises ValueError for an unknown impl, and for "cudnn" off a GPU or outside 16-bit floats."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention_impl={impl!r} is not one of {ATTENTION_IMPLS}")
+    if impl != "cudnn":
+        return
+    if jax.default_backend() != "gpu":
+        raise ValueError(f"attention_impl='cudnn' needs a CUDA GPU with cuDNN, but this platform is "
+                         f"{jax.default_backend()!r}; use 'xla' or 'pallas'")
+    if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        raise ValueError(f"attention_impl='cudnn' needs model.dtype bfloat16 or float16, got {jnp.dtype(dtype)}")

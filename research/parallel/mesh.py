@@ -4,6 +4,11 @@ Mesh axes, outermost first: `data` (pure data parallelism), `fsdp` (data paralle
 parameters, gradients and optimizer state sharded, ZeRO-3 style), `tensor` (Megatron-style
 sharding of heads and the FFN width), `expert` (experts of a mixture). A size of -1 takes
 the devices the other axes leave. The batch is split over `data` × `fsdp`.
+
+`context` (context parallelism: the sequence split over devices, as ring attention in
+research/parallel/ring_attention.py needs) is an axis only when `config.mesh.context` is not 1;
+it then sits between `fsdp` and `tensor` (ring neighbours close together), the logical axis
+`seq` maps to it, and batches are split over it along the sequence.
 """
 
 import math
@@ -15,9 +20,11 @@ from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
+CONTEXT_AXIS = "context"
 
 # logical axis name -> mesh axes (None = replicated). Parameters: embed over fsdp,
-# heads/mlp/vocab over tensor (Megatron), experts over expert. Activations: batch.
+# heads/mlp/vocab over tensor (Megatron), experts over expert. Activations: batch, seq.
+# Rules that name an axis a mesh lacks mean "replicated" on that mesh (`rules_for`).
 LOGICAL_AXIS_RULES = (
     ("batch", ("data", "fsdp")),
     ("embed", "fsdp"),
@@ -28,27 +35,35 @@ LOGICAL_AXIS_RULES = (
     ("expert", "expert"),
     ("head_dim", None),
     ("layers", None),
-    ("seq", None),
+    ("seq", CONTEXT_AXIS),
 )
 
 
+def mesh_axes(mesh_config) -> tuple[str, ...]:
+    """The mesh's axis names, outermost first: MESH_AXES, with `context` after `fsdp` unless it is 1."""
+    if mesh_config.get(CONTEXT_AXIS, 1) == 1:
+        return MESH_AXES
+    return ("data", "fsdp", CONTEXT_AXIS, "tensor", "expert")
+
+
 def mesh_shape(mesh_config, num_devices: int) -> tuple[int, ...]:
-    """Axis sizes for `num_devices`, resolving a single -1; errors name the mesh field."""
-    sizes = [mesh_config.get(axis, 1) for axis in MESH_AXES]
+    """Axis sizes (in `mesh_axes` order) for `num_devices`, resolving a single -1; errors name the mesh field."""
+    axes = mesh_axes(mesh_config)
+    sizes = [mesh_config.get(axis, 1) for axis in axes]
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % known:
-            raise ValueError(f"config.mesh {dict(zip(MESH_AXES, sizes))}: {num_devices} devices are not "
+            raise ValueError(f"config.mesh {dict(zip(axes, sizes))}: {num_devices} devices are not "
                              f"divisible by the fixed axes' product {known}")
         sizes[sizes.index(-1)] = num_devices // known
     if math.prod(sizes) != num_devices:
-        raise ValueError(f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+        raise ValueError(f"config.mesh {dict(zip(axes, sizes))} needs {math.prod(sizes)} devices, "
                          f"but {num_devices} are available")
     return tuple(sizes)
 
 
 def make_mesh(mesh_config, devices=None) -> Mesh:
-    """A `Mesh` over `devices` (default: all) with axes `data, fsdp, tensor, expert`.
+    """A `Mesh` over `devices` (default: all) with axes `data, fsdp, tensor, expert` (and `context`).
 
     Axes are `Auto`: shardings are given to `jit` and propagated by GSPMD.
     """
@@ -58,16 +73,30 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
         device_grid = mesh_utils.create_device_mesh(shape, devices)
     else:
         device_grid = np.asarray(devices).reshape(shape)
-    return Mesh(device_grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+    axes = mesh_axes(mesh_config)
+    return Mesh(device_grid, axes, axis_types=(AxisType.Auto,) * len(axes))
+
+
+def rules_for(mesh: Mesh):
+    """LOGICAL_AXIS_RULES with the mesh axes that `mesh` lacks dropped (those dimensions stay replicated)."""
+
+    def present(mesh_axes_of_rule):
+        if mesh_axes_of_rule is None or isinstance(mesh_axes_of_rule, str):
+            return mesh_axes_of_rule if mesh_axes_of_rule in mesh.axis_names else None
+        return tuple(a for a in mesh_axes_of_rule if a in mesh.axis_names) or None
+
+    return tuple((logical, present(physical)) for logical, physical in LOGICAL_AXIS_RULES)
 
 
 def logical_to_sharding(logical_specs, mesh: Mesh):
     """Maps a pytree of logical `PartitionSpec`s to `NamedSharding`s on `mesh`."""
-    return nn.logical_to_mesh_sharding(logical_specs, mesh, LOGICAL_AXIS_RULES)
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules_for(mesh))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis over `data` × `fsdp`, the rest replicated."""
+    """Leading (batch) axis over `data` × `fsdp`, the sequence axis over `context` if the mesh has it."""
+    if CONTEXT_AXIS in mesh.axis_names:
+        return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), CONTEXT_AXIS))
     return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
 
 

@@ -3,10 +3,12 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from research import config as config_lib
+from research.config import unfrozen
 from research.decoding.sampling import filter_logits, generate
 from research.models import make_model
 
@@ -20,6 +22,13 @@ def model_and_params():
     return model, params
 
 
+def with_attention_impl(model, impl):
+    """The same model (same parameters) with `model.attention_impl = impl`."""
+    config = unfrozen(model.config)
+    config.attention_impl = impl
+    return model.clone(config=ml_collections.FrozenConfigDict(config))
+
+
 def greedy_reference(model, params, prompt, steps):
     seq = list(prompt)
     for _ in range(steps):
@@ -28,13 +37,23 @@ def greedy_reference(model, params, prompt, steps):
     return seq
 
 
-def test_greedy_with_cache_equals_stepwise_argmax_for_ragged_prompts(model_and_params):
+RAGGED_PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12], [13]]
+
+
+@pytest.fixture(scope="module")
+def ragged_greedy_references(model_and_params):
+    """Stepwise argmax continuations of RAGGED_PROMPTS by the full forward ("xla"), computed once."""
     model, params = model_and_params
-    prompts = [[5, 6, 7], [8, 9, 10, 11, 12], [13]]
-    out = np.asarray(generate(model, params, prompts, max_new_tokens=7))
+    return [greedy_reference(model, params, prompt, 7) for prompt in RAGGED_PROMPTS]
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_greedy_with_cache_equals_stepwise_argmax_for_ragged_prompts(model_and_params, ragged_greedy_references,
+                                                                      impl):
+    model, params = model_and_params
+    out = np.asarray(generate(with_attention_impl(model, impl), params, RAGGED_PROMPTS, max_new_tokens=7))
     assert out.shape == (3, 5 + 7)
-    for row, prompt in zip(out, prompts):
-        expected = greedy_reference(model, params, prompt, 7)
+    for row, expected in zip(out, ragged_greedy_references):
         assert row[: len(expected)].tolist() == expected
         assert (row[len(expected):] == 0).all()
 

@@ -3,6 +3,7 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -16,7 +17,7 @@ def small_model(**overrides):
              "model.num_heads": 4, "model.num_kv_heads": 2, "model.hidden_dim": 96, **overrides}
     config = config_lib.load("configs/llama2.py:tiny", [f"{k}={v}" for k, v in pairs.items()])
     model = make_model(config.model)
-    params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
     return config, model, params
 
 
@@ -61,27 +62,37 @@ def test_causal_future_tokens_do_not_change_past_logits():
     assert not np.allclose(a[:, 8:], b[:, 8:], atol=1e-3)
 
 
-def test_packed_documents_equal_separate_forward_passes():
-    _, model, params = small_model()
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_packed_documents_equal_separate_forward_passes(impl):
+    _, model, params = small_model(**{"model.attention_impl": impl})
     doc_a = jax.random.randint(jax.random.key(2), (1, 5), 0, 300)
     doc_b = jax.random.randint(jax.random.key(3), (1, 7), 0, 300)
     packed = jnp.concatenate([doc_a, doc_b], axis=1)
     positions = jnp.concatenate([jnp.arange(5), jnp.arange(7)])[None]
     segments = jnp.array([[1] * 5 + [2] * 7])
-    logits = model.apply({"params": params}, packed, positions=positions, segment_ids=segments)
-    np.testing.assert_allclose(logits[:, :5], model.apply({"params": params}, doc_a), atol=1e-4)
-    np.testing.assert_allclose(logits[:, 5:], model.apply({"params": params}, doc_b), atol=1e-4)
+
+    @jax.jit
+    def packed_and_separate(params):
+        logits = model.apply({"params": params}, packed, positions=positions, segment_ids=segments)
+        return logits, model.apply({"params": params}, doc_a), model.apply({"params": params}, doc_b)
+
+    logits, logits_a, logits_b = packed_and_separate(params)
+    np.testing.assert_allclose(logits[:, :5], logits_a, atol=1e-4)
+    np.testing.assert_allclose(logits[:, 5:], logits_b, atol=1e-4)
 
 
-def test_incremental_decoding_with_cache_equals_full_forward():
-    config, model, params = small_model()
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_incremental_decoding_with_cache_equals_full_forward(impl):
+    config, model, params = small_model(**{"model.attention_impl": impl})
     tokens = jax.random.randint(jax.random.key(4), (2, 10), 0, 300)
-    full = model.apply({"params": params}, tokens)
+    xla_model = model.clone(config=ml_collections.FrozenConfigDict({**model.config, "attention_impl": "xla"}))
+    full = xla_model.apply({"params": params}, tokens)
     cache = init_cache(config.model, 2, 16)
-    prefill, cache = model.apply({"params": params}, tokens[:, :6], cache=cache, decode=True)
+    apply = jax.jit(model.apply, static_argnames="decode")
+    prefill, cache = apply({"params": params}, tokens[:, :6], cache=cache, decode=True)
     steps = [prefill]
     for t in range(6, 10):
-        logits, cache = model.apply({"params": params}, tokens[:, t:t + 1], cache=cache, decode=True)
+        logits, cache = apply({"params": params}, tokens[:, t:t + 1], cache=cache, decode=True)
         steps.append(logits)
     np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-4)
     np.testing.assert_array_equal(cache["lengths"], [10, 10])

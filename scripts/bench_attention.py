@@ -1,0 +1,203 @@
+"""Benchmark: Pallas flash attention against the XLA reference and `jax.nn.dot_product_attention`.
+
+    python -m scripts.bench_attention [--seqs 1024 2048 4096 8192 16384] [--tokens 16384]
+        [--heads 16] [--kv-heads 16] [--modes causal full] [--repeats 10]
+        [--out experiments/results/attention_bench.md]
+
+For each sequence length s (batch b = tokens / s, so every row does the same number of tokens;
+head_dim 128, bfloat16) and each implementation, the median wall time of the forward pass and of
+forward + backward (gradients in q, k, v), and TFLOP/s from the FLOPs of attention's matmuls:
+
+    forward  F = 4·b·h·s²·d   (S = Q Kᵀ and O = P V, 2·s²·d each per head), F/2 when causal,
+    backward 2.5 F            (dV, dP, dQ, dK and the recomputed S), so forward + backward = 3.5 F.
+
+Every implementation is credited with the same F, so TFLOP/s compare like for like.
+Implementations:
+    pallas         pallas_kernels.flash_attention (Triton on GPU, Mosaic on TPU, the interpreter on CPU)
+    xla_reference  pallas_kernels.attention_reference (dense scores, float32 softmax)
+    jax_nn         jax.nn.dot_product_attention, implementation "cudnn" on a GPU, else "xla"
+A program that runs out of memory is reported as OOM. Imports only jax and pallas_kernels, so it
+runs on a bare accelerator image. On CPU the Pallas kernels run in the interpreter: such numbers
+only show that the script works, not how fast the kernels are.
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels.attention_reference import attention_reference
+from pallas_kernels.flash_attention import flash_attention
+
+HEAD_DIM = 128
+GOAL_SEQ = 4096  # the issue's goal: at seq 4096, causal, forward ≥ 0.8× cuDNN and ≥ 3× the XLA reference
+
+
+def implementations(block_q: int, block_k: int) -> dict:
+    """name -> attention(q, k, v, causal) for the platform this runs on."""
+    nn_impl = "cudnn" if jax.default_backend() == "gpu" else "xla"
+    return {
+        "pallas": lambda q, k, v, causal: flash_attention(q, k, v, causal=causal, block_q=block_q, block_k=block_k),
+        "xla_reference": lambda q, k, v, causal: attention_reference(q, k, v, causal=causal),
+        f"jax_nn ({nn_impl})": lambda q, k, v, causal: jax.nn.dot_product_attention(
+            q, k, v, is_causal=causal, implementation=nn_impl),
+    }
+
+
+def forward_flops(batch: int, heads: int, seq: int, causal: bool) -> float:
+    """4·b·h·s²·d, halved when causal."""
+    flops = 4.0 * batch * heads * seq * seq * HEAD_DIM
+    return flops / 2 if causal else flops
+
+
+def programs(attention, causal: bool):
+    """(forward, forward + backward) jitted: q, k, v [, d_out] -> out or (dq, dk, dv)."""
+
+    def forward(q, k, v):
+        return attention(q, k, v, causal)
+
+    def forward_backward(q, k, v, d_out):
+        _, vjp = jax.vjp(forward, q, k, v)
+        return vjp(d_out)
+
+    return jax.jit(forward), jax.jit(forward_backward)
+
+
+def median_seconds(program, args, repeats: int) -> float:
+    """One warm-up call (it compiles), then the median of `repeats` timed calls."""
+    jax.block_until_ready(program(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(program(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def timed_or_oom(program, args, repeats: int):
+    """Seconds, or None when the device runs out of memory."""
+    try:
+        return median_seconds(program, args, repeats)
+    except Exception as error:  # XLA reports OOM as XlaRuntimeError / JaxRuntimeError RESOURCE_EXHAUSTED
+        if "RESOURCE_EXHAUSTED" in str(error) or "out of memory" in str(error).lower():
+            return None
+        raise
+
+
+def inputs(batch: int, seq: int, heads: int, kv_heads: int):
+    """Random bfloat16 q, k, v and an output cotangent, made on the device."""
+    keys = jax.random.split(jax.random.key(0), 4)
+    shapes = [(batch, seq, heads, HEAD_DIM), (batch, seq, kv_heads, HEAD_DIM), (batch, seq, kv_heads, HEAD_DIM),
+              (batch, seq, heads, HEAD_DIM)]
+    return [jax.random.normal(key, shape, jnp.bfloat16) for key, shape in zip(keys, shapes)]
+
+
+def measure(args) -> list[dict]:
+    """One row per (mode, seq, implementation): times in seconds (None = OOM) and TFLOP/s."""
+    rows = []
+    for mode in args.modes:
+        causal = mode == "causal"
+        for seq in args.seqs:
+            batch = max(1, args.tokens // seq)
+            q, k, v, d_out = inputs(batch, seq, args.heads, args.kv_heads)
+            flops = forward_flops(batch, args.heads, seq, causal)
+            for name, attention in implementations(args.block_q, args.block_k).items():
+                forward, forward_backward = programs(attention, causal)
+                fwd = timed_or_oom(forward, (q, k, v), args.repeats)
+                fwd_bwd = timed_or_oom(forward_backward, (q, k, v, d_out), args.repeats)
+                rows.append(dict(mode=mode, seq=seq, batch=batch, impl=name, fwd=fwd, fwd_bwd=fwd_bwd,
+                                 fwd_tflops=None if fwd is None else flops / fwd / 1e12,
+                                 fwd_bwd_tflops=None if fwd_bwd is None else 3.5 * flops / fwd_bwd / 1e12))
+                print(format_row(rows[-1]), flush=True)
+    return rows
+
+
+def hardware() -> str:
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), Pallas in interpret mode"
+    return f"{jax.device_count()} × {device.device_kind} ({device.platform})"
+
+
+def milliseconds(seconds):
+    return "OOM" if seconds is None else f"{seconds * 1e3:.3f}"
+
+
+def tflops(value):
+    return "–" if value is None else f"{value:.2f}"
+
+
+def format_row(row: dict) -> str:
+    return (f"| {row['mode']} | {row['seq']} | {row['batch']} | {row['impl']} | {milliseconds(row['fwd'])} | "
+            f"{tflops(row['fwd_tflops'])} | {milliseconds(row['fwd_bwd'])} | {tflops(row['fwd_bwd_tflops'])} |")
+
+
+def speedups(rows: list[dict]) -> list[str]:
+    """Forward and forward+backward time of each baseline divided by Pallas's (> 1: Pallas is faster)."""
+    lines = ["| mode | seq | baseline | forward: baseline / pallas | fwd+bwd: baseline / pallas |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        if row["impl"] == "pallas":
+            continue
+        pallas = next(r for r in rows if r["impl"] == "pallas" and (r["mode"], r["seq"]) == (row["mode"], row["seq"]))
+        ratio = {key: "–" if None in (row[key], pallas[key]) else f"{row[key] / pallas[key]:.2f}"
+                 for key in ("fwd", "fwd_bwd")}
+        lines.append(f"| {row['mode']} | {row['seq']} | {row['impl']} | {ratio['fwd']} | {ratio['fwd_bwd']} |")
+    return lines
+
+
+def report(rows: list[dict], args) -> str:
+    header = ["| mode | seq | batch | implementation | forward (ms) | forward TFLOP/s | fwd+bwd (ms) | "
+              "fwd+bwd TFLOP/s |", "|---|---|---|---|---|---|---|---|"]
+    return "\n".join([
+        "# Attention benchmark: Pallas flash attention, XLA reference, jax.nn.dot_product_attention",
+        "",
+        f"Written by `{' '.join(['python -m scripts.bench_attention', *sys.argv[1:]])}`. "
+        f"Hardware: **{hardware()}**; jax {jax.__version__}.",
+        "",
+        f"Shapes: batch × seq = {args.tokens} tokens, {args.heads} query heads, {args.kv_heads} K/V heads, "
+        f"head_dim {HEAD_DIM}, bfloat16; Pallas blocks {args.block_q} × {args.block_k}. Median of {args.repeats} "
+        "calls after a warm-up. TFLOP/s credit every implementation with forward F = 4·b·h·s²·d (F/2 when "
+        "causal) and forward+backward 3.5 F.",
+        "",
+        *header,
+        *(format_row(row) for row in rows),
+        "",
+        "## Speed-up of Pallas over each baseline",
+        "",
+        *speedups(rows),
+        "",
+        f"Goal (issue 4, on H100/H200): at seq {GOAL_SEQ}, causal, Pallas's forward at least 0.8× as fast as "
+        "cuDNN's (jax_nn (cudnn) / pallas ≥ 0.8) and at least 3× as fast as the XLA reference "
+        "(xla_reference / pallas ≥ 3).",
+        "",
+    ])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seqs", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
+    parser.add_argument("--tokens", type=int, default=16384, help="batch × seq of every measurement")
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--kv-heads", type=int, default=16)
+    parser.add_argument("--modes", nargs="+", choices=["causal", "full"], default=["causal"])
+    parser.add_argument("--block-q", type=int, default=128)
+    parser.add_argument("--block-k", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--out", default="experiments/results/attention_bench.md")
+    args = parser.parse_args()
+    print(f"{hardware()}; jax {jax.__version__}", flush=True)
+    text = report(measure(args), args)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as file:
+        file.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
