@@ -8,6 +8,8 @@ $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
+	# libtpu for ahead-of-time TPU compiles on this CPU (jax[tpu] at the installed jax version)
+	$(PY) -m pip install --quiet "jax[tpu]==$$($(PY) -c 'import jax; print(jax.__version__)')"
 	touch $@
 
 .PHONY: install run test

@@ -1,0 +1,405 @@
+"""Ahead-of-time compilation of the real train step for a TPU slice this machine does not have.
+
+    result = compile_for_slice(config, parse_slice("v5p-128"))
+    result.memory.total, result.fits, result.compile_seconds, result.cost.flops
+
+With `libtpu` installed, `jax.experimental.topologies` describes the devices of any TPU slice
+on a CPU-only host, and `jit(...).lower(abstract args).compile()` runs the real TPU compiler
+on them. The train state and batch are `jax.ShapeDtypeStruct`s carrying the shardings the
+training loop would give them, so no parameter is ever materialised. Per chip, the compiler
+states its arguments, outputs, outputs aliased to (donated) arguments, temporaries, code and
+its peak footprint (`ChipMemory.total`); the step fits when the compiler accepts it (it
+refuses a program that overflows HBM) and that total is within the chip's HBM.
+
+Cost. XLA's cost analysis counts a while-loop body once, whatever its trip count (checked:
+a scan of 10 matmuls reports the FLOPs of one), so in the compiled step the layer scan
+(forward, and backward with the rematerialised forward) and the M-step accumulation loop
+are each counted once. The whole step per chip is rebuilt from that count C and four
+compiles of loop-free variants (layers unrolled, no remat) with L' ∈ {1, 2} layers: the
+optimizer update alone u(L') and the train step S(L'), whose micro-step is m(L') = S − u:
+
+    u(L)  = u(1) + (L − 1)·(u(2) − u(1))          update (elementwise over parameters)
+    o     = 2·m(1) − m(2)                           a micro-step outside the layers
+    layer = C − u(L) − o                            one layer as the scan runs it, remat included
+    step  = u(L) + M·(o + L·layer)
+
+(with the layers unrolled in the config itself, C holds all L of them: layer = (C − u − o)/L).
+Roofline (an estimate; ICI collectives and their overlap are not modelled):
+
+    t = max(FLOPs / peak FLOP/s, bytes / HBM bandwidth),  MFU = model FLOPs / (t · peak)
+
+with model FLOPs from `research.train.flops.flops_per_token` (6·N + attention).
+"""
+
+import dataclasses
+import importlib.util
+import math
+import os
+import re
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.experimental import topologies
+from jax.sharding import Mesh
+
+from research.config import unfrozen
+from research.models import count_params, make_model
+from research.optim import make_optimizer, make_schedule
+from research.parallel.mesh import batch_sharding, logical_to_sharding, make_mesh, mesh_axes, mesh_shape
+from research.train.flops import flops_per_token, peak_flops_of
+from research.train.state import TrainState
+from research.train.trainers.lm import make_train_step
+
+GiB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class TpuGeneration:
+    """What a Cloud slice name implies about its chips.
+
+    `cores_per_name_unit`: TensorCores the name's number counts per chip (v4-8 is 4 chips).
+    HBM capacity and bandwidth per chip from Google Cloud's TPU system-architecture pages.
+    """
+
+    prefix: str  # topology_name prefix for `get_topology_desc`
+    torus_dims: int
+    cores_per_name_unit: int
+    chip_config_name: str
+    hbm_bytes: int
+    hbm_bytes_per_s: float
+    max_chips: int
+
+
+GENERATIONS = {
+    "v4": TpuGeneration("v4", 3, 2, "megacore", 32 * GiB, 1200e9, 4096),
+    "v5p": TpuGeneration("v5p", 3, 2, "megacore", 95 * GiB, 2765e9, 4096),
+    "v5e": TpuGeneration("v5e", 2, 1, "default", 16 * GiB, 819e9, 256),
+    "v6e": TpuGeneration("v6e", 2, 1, "default", 32 * GiB, 1640e9, 256),
+}
+SINGLE_HOST_CHIPS = 8  # v5e/v6e slices of up to 8 chips are one host; larger ones have 4 chips a host
+LIBTPU_INSTALL = f'pip install "jax[tpu]=={jax.__version__}"'
+
+
+@dataclasses.dataclass(frozen=True)
+class TpuSlice:
+    """A Cloud TPU slice such as `v5p-128`: its chips, torus shape and per-host bounds."""
+
+    name: str
+    generation: TpuGeneration
+    chips: int
+    topology: tuple[int, ...]
+    chips_per_host_bounds: tuple[int, int, int]
+
+    @property
+    def topology_name(self) -> str:
+        return f"{self.generation.prefix}:{'x'.join(map(str, self.topology))}"
+
+
+def torus_shape(chips: int, dims: int) -> tuple[int, ...]:
+    """The slice's torus for a power-of-two chip count: double the smallest side until the
+    product is `chips`, sides ascending with 1s last (4→2x2x1, 16→2x2x4, 128→4x4x8, 8→2x4)."""
+    sides = [1] * dims
+    while math.prod(sides) < chips:
+        sides[sides.index(min(sides))] *= 2
+    return tuple(sorted(sides, key=lambda side: (side == 1, side)))
+
+
+def offered_chip_counts(generation: TpuGeneration) -> tuple[int, ...]:
+    """Chip counts of the power-of-two slices Cloud offers: from 4 (2x2x1) for the 3-D tori,
+    1, 4, 8, ... for v5e and v6e."""
+    smallest = 4 if generation.torus_dims == 3 else 1
+    counts = (2**k for k in range(generation.max_chips.bit_length()))
+    return tuple(c for c in counts if smallest <= c <= generation.max_chips and c != 2)
+
+
+def parse_slice(name: str) -> TpuSlice:
+    """`v5p-128` → 64 chips in 4x4x4. For v4 and v5p the number counts TensorCores (two per
+    chip), for v5e and v6e chips. Raises ValueError for names or sizes Cloud does not offer."""
+    match = re.fullmatch(r"(v\d+[a-z]?)-(\d+)", name)
+    if not match or match.group(1) not in GENERATIONS:
+        raise ValueError(f"unknown TPU slice {name!r}: expected <generation>-<size> with generation one of "
+                         f"{sorted(GENERATIONS)}, e.g. v5p-8, v5p-128, v5e-16, v4-8, v6e-8")
+    generation = GENERATIONS[match.group(1)]
+    chips, remainder = divmod(int(match.group(2)), generation.cores_per_name_unit)
+    if remainder or chips not in offered_chip_counts(generation):
+        unit = "TensorCores, 2 per chip" if generation.cores_per_name_unit == 2 else "chips"
+        sizes = ", ".join(str(c * generation.cores_per_name_unit) for c in offered_chip_counts(generation))
+        raise ValueError(f"unknown TPU slice {name!r}: the number counts {unit}; power-of-two {match.group(1)} "
+                         f"sizes are {sizes}")
+    topology = torus_shape(chips, generation.torus_dims)
+    host = (2, 2, 1) if generation.torus_dims == 3 or chips > SINGLE_HOST_CHIPS else (*topology, 1)
+    return TpuSlice(name, generation, chips, topology, host)
+
+
+def slice_devices(tpu_slice: TpuSlice) -> list:
+    """The TPU devices of `tpu_slice`, described by libtpu without any TPU attached."""
+    if importlib.util.find_spec("libtpu") is None:
+        raise RuntimeError(f"ahead-of-time TPU compilation needs libtpu; install it with: {LIBTPU_INSTALL}")
+    # libtpu takes a machine-wide lock unless told otherwise; compiling needs no exclusive TPU.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    return list(topologies.get_topology_desc(
+        platform="tpu", topology_name=tpu_slice.topology_name,
+        chip_config_name=tpu_slice.generation.chip_config_name,
+        chips_per_host_bounds=tpu_slice.chips_per_host_bounds, num_slices=1).devices)
+
+
+def sharded_abstract_state(init_state, mesh, key):
+    """(abstract unboxed state with shardings, shardings) from the state's logical axes,
+    as the training loop shards it; nothing is allocated."""
+    boxed = jax.eval_shape(init_state, key)
+    shardings = logical_to_sharding(nn.get_partition_spec(boxed), mesh)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            nn.meta.unbox(boxed), shardings)
+    return abstract, shardings
+
+
+def abstract_lm_batch(batch_size: int, seq_len: int, mesh) -> dict:
+    """The LM trainer's batch (`research/data/pipeline.py` fields) as sharded shapes."""
+    sharding = batch_sharding(mesh)
+    shape = (batch_size, seq_len)
+    int_field = jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding)
+    return {"inputs": int_field, "targets": int_field, "positions": int_field, "segment_ids": int_field,
+            "weights": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding)}
+
+
+def mesh_sizes(config, tpu_slice: TpuSlice) -> dict:
+    """`config.mesh` resolved for the slice's chips; a ValueError naming both if they disagree."""
+    try:
+        return dict(zip(mesh_axes(config.mesh), mesh_shape(config.mesh, tpu_slice.chips)))
+    except ValueError as error:
+        raise ValueError(f"{tpu_slice.name} has {tpu_slice.chips} chips: {error}") from None
+
+
+def check_batch_divides(config, sizes: dict) -> None:
+    """Every micro-batch's rows must split evenly over data × fsdp, its sequence over context."""
+    shards = sizes["data"] * sizes["fsdp"]
+    micro_batch = config.train.batch_size // config.train.grad_accum_steps
+    if micro_batch % shards:
+        raise ValueError(f"config field train.batch_size: {config.train.batch_size} sequences in "
+                         f"{config.train.grad_accum_steps} micro-batch(es) of {micro_batch} do not divide over "
+                         f"data × fsdp = {shards} batch shards")
+    context = sizes.get("context", 1)
+    if config.train.seq_len % context:
+        raise ValueError(f"config field train.seq_len: {config.train.seq_len} does not divide over context = {context}")
+
+
+def check_state_divides(abstract_state, mesh) -> None:
+    """Every sharded dimension of the state must divide by its mesh axes (e.g. heads by tensor)."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_state):
+        for size, axes in zip(leaf.shape, leaf.sharding.spec):
+            axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+            ways = math.prod(mesh.shape[a] for a in axes)
+            if size % ways:
+                raise ValueError(f"state leaf {jax.tree_util.keystr(path)} of shape {leaf.shape}: a dimension of "
+                                 f"{size} is not divisible by mesh axes {axes} of size {ways}; change config.mesh")
+
+
+def init_lm_state(model, optimizer):
+    """`rng -> TrainState` with boxed (logically partitioned) parameters, as the LM trainer builds it."""
+    def init_state(rng):
+        params = model.init(rng, jnp.zeros((1, 1), jnp.int32))["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+    return init_state
+
+
+@dataclasses.dataclass(frozen=True)
+class AbstractTraining:
+    """The pieces of LM training over a mesh, with the state as sharded shapes only."""
+
+    mesh: Mesh
+    model: nn.Module
+    optimizer: optax.GradientTransformation
+    state: TrainState
+    state_shardings: TrainState
+
+
+def abstract_training(config, devices) -> AbstractTraining:
+    """Mesh, model, optimizer and abstract sharded state of `config` over `devices`."""
+    try:
+        mesh = make_mesh(config.mesh, devices)
+    except NotImplementedError as error:  # mesh_utils cannot map the axes onto the torus
+        raise ValueError(f"config.mesh {dict(config.mesh)} cannot be laid out on these TPU devices: {error}") from None
+    check_batch_divides(config, mesh.shape)
+    model = make_model(config.model)
+    optimizer = make_optimizer(config.optimizer, config.train.steps)
+    state, shardings = sharded_abstract_state(init_lm_state(model, optimizer), mesh, jax.eval_shape(jax.random.key, 0))
+    check_state_divides(state, mesh)
+    return AbstractTraining(mesh, model, optimizer, state, shardings)
+
+
+def lower_train_step(config, devices):
+    """The LM trainer's train step of `config`, jitted as the loop jits it, lowered for `devices`."""
+    parts = abstract_training(config, devices)
+    train_step = make_train_step(parts.model, parts.optimizer, make_schedule(config.optimizer, config.train.steps),
+                                 config.train.grad_accum_steps, parts.mesh, config.parallel.grad_reduce)
+    jitted = jax.jit(train_step, in_shardings=(parts.state_shardings, batch_sharding(parts.mesh), None),
+                     out_shardings=(parts.state_shardings, None), donate_argnums=0)
+    batch = abstract_lm_batch(config.train.batch_size, config.train.seq_len, parts.mesh)
+    return jitted.lower(parts.state, batch, jax.eval_shape(jax.random.key, 0))
+
+
+def lower_optimizer_update(config, devices):
+    """The optimizer update alone (params, opt_state, grads ↦ new params, opt_state), lowered."""
+    parts = abstract_training(config, devices)
+
+    def update(params, opt_state, grads):
+        updates, opt_state = parts.optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    shardings = parts.state_shardings
+    jitted = jax.jit(update, in_shardings=(shardings.params, shardings.opt_state, shardings.params),
+                     out_shardings=(shardings.params, shardings.opt_state), donate_argnums=(0, 1))
+    return jitted.lower(parts.state.params, parts.state.opt_state, parts.state.params)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChipMemory:
+    """HBM bytes one chip needs, as the TPU compiler's buffer assignment states them.
+
+    `total` is the compiler's peak: the footprint its out-of-memory check compares with HBM
+    (checked: a program with 10 GiB of arguments and 10 GiB of outputs is refused on a
+    16 GiB v5e for needing 20 GiB, and accepted when the argument is donated). `temporaries`
+    adds up every temporary allocation, of which only some are live at the peak, so
+    arguments + outputs − aliased + temporaries can exceed the total.
+    """
+
+    arguments: int
+    outputs: int
+    aliased: int
+    temporaries: int
+    code: int
+    peak: int
+
+    @property
+    def total(self) -> int:
+        return self.peak
+
+
+class OutOfMemory(Exception):
+    """The TPU compiler refused the program: it needs more HBM than a chip has."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StepCost:
+    """FLOPs and HBM bytes accessed by one chip."""
+
+    flops: float
+    bytes_accessed: float
+
+    def __add__(self, other):
+        return StepCost(self.flops + other.flops, self.bytes_accessed + other.bytes_accessed)
+
+    def __sub__(self, other):
+        return StepCost(self.flops - other.flops, self.bytes_accessed - other.bytes_accessed)
+
+    def __mul__(self, factor: float):
+        return StepCost(self.flops * factor, self.bytes_accessed * factor)
+
+
+def cost_of(compiled) -> StepCost:
+    """XLA's cost analysis of one chip's compiled program (a while-loop body counted once)."""
+    analysis = compiled.cost_analysis()
+    return StepCost(float(analysis["flops"]), float(analysis["bytes accessed"]))
+
+
+def compile_program(lowered) -> tuple[ChipMemory, StepCost, float]:
+    """(per-chip memory, XLA's cost count, compile seconds); OutOfMemory if it cannot fit."""
+    start = time.perf_counter()
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as error:
+        if "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        raise OutOfMemory(str(error).strip().splitlines()[0]) from None
+    seconds = time.perf_counter() - start
+    stats = compiled.memory_analysis()
+    memory = ChipMemory(stats.argument_size_in_bytes, stats.output_size_in_bytes, stats.alias_size_in_bytes,
+                        stats.temp_size_in_bytes, stats.generated_code_size_in_bytes, stats.peak_memory_in_bytes)
+    return memory, cost_of(compiled), seconds
+
+
+def loop_free_variant(config, num_layers: int):
+    """`config` with `num_layers` layers, unrolled and not rematerialised, so no layer hides in a loop."""
+    variant = unfrozen(config)
+    variant.model.num_layers = num_layers
+    variant.model.scan_layers = False
+    variant.model.remat = "none"
+    return ml_collections.FrozenConfigDict(variant)
+
+
+def step_cost(config, devices, counted: StepCost) -> StepCost:
+    """One chip's cost of the whole step from XLA's count `counted` of the compiled step, in
+    which each loop body (layer scan, accumulation) appears once (see the module docstring)."""
+    update, micro = {}, {}
+    for layers in (1, 2):
+        variant = loop_free_variant(config, layers)
+        update[layers] = cost_of(lower_optimizer_update(variant, devices).compile())
+        micro[layers] = cost_of(lower_train_step(variant, devices).compile()) - update[layers]
+    num_layers = config.model.num_layers
+    update_cost = update[1] + (update[2] - update[1]) * (num_layers - 1)
+    outside_layers = micro[1] * 2 - micro[2]
+    layers_counted = num_layers if not config.model.scan_layers or num_layers == 1 else 1
+    one_layer = (counted - update_cost - outside_layers) * (1 / layers_counted)
+    return update_cost + (outside_layers + one_layer * num_layers) * config.train.grad_accum_steps
+
+
+@dataclasses.dataclass(frozen=True)
+class AotResult:
+    """One config on one slice: per-chip memory (None when the compiler ran out), cost, roofline."""
+
+    slice_name: str
+    mesh: dict
+    capacity: int
+    compile_seconds: float
+    memory: ChipMemory | None
+    compiler_message: str
+    counted_cost: StepCost | None
+    cost: StepCost | None
+    model_flops_per_chip: float
+    peak_flops: float
+    hbm_bytes_per_s: float
+
+    @property
+    def fits(self) -> bool:
+        return self.memory is not None and self.memory.total <= self.capacity
+
+    @property
+    def roofline_seconds(self) -> float:
+        """t = max(FLOPs / peak, bytes / bandwidth) per chip."""
+        return max(self.cost.flops / self.peak_flops, self.cost.bytes_accessed / self.hbm_bytes_per_s)
+
+    @property
+    def roofline_mfu(self) -> float:
+        """Model FLOPs per chip / (t · peak)."""
+        return self.model_flops_per_chip / (self.roofline_seconds * self.peak_flops)
+
+
+def model_flops_per_chip(config, chips: int) -> float:
+    """Model FLOPs of one step (6·N_matmul + causal attention per token, no recomputation) per chip."""
+    matmul_params = count_params(config.model)["active"] - config.model.vocab_size * config.model.dim
+    tokens = config.train.batch_size * config.train.seq_len
+    return tokens * flops_per_token(config.model, config.train.seq_len, matmul_params) / chips
+
+
+def compile_for_slice(config, tpu_slice: TpuSlice, *, with_cost: bool = True) -> AotResult:
+    """Compiles `config`'s train step for `tpu_slice`: per-chip memory, and the cost when it fits."""
+    sizes = mesh_sizes(config, tpu_slice)
+    check_batch_divides(config, sizes)
+    devices = slice_devices(tpu_slice)
+    try:
+        memory, counted, seconds = compile_program(lower_train_step(config, devices))
+        message = ""
+    except OutOfMemory as error:
+        memory, counted, seconds, message = None, None, float("nan"), str(error)
+    fits = memory is not None and memory.total <= tpu_slice.generation.hbm_bytes
+    return AotResult(
+        slice_name=tpu_slice.name, mesh=sizes, capacity=tpu_slice.generation.hbm_bytes, compile_seconds=seconds,
+        memory=memory, compiler_message=message, counted_cost=counted,
+        cost=step_cost(config, devices, counted) if with_cost and fits else None,
+        model_flops_per_chip=model_flops_per_chip(config, tpu_slice.chips),
+        peak_flops=peak_flops_of(devices[0]), hbm_bytes_per_s=tpu_slice.generation.hbm_bytes_per_s)

@@ -1,0 +1,104 @@
+"""Compile a config's real train step ahead of time for a TPU slice, on a CPU-only machine.
+
+    python scripts/aot_compile.py --config configs/llama2.py:70b --topology v5p-128 \
+        [--config.mesh.fsdp=64 --config.train.grad_accum_steps=16 ...] [--no-cost]
+
+Slice names as Google Cloud spells them: for v4 and v5p the number counts TensorCores (two
+per chip: v5p-8 is 4 chips), for v5e and v6e it counts chips. Prints per-chip HBM
+(arguments, outputs, temporaries, total against the chip's capacity), the compile time, and
+the step's FLOPs and HBM bytes per chip with a roofline estimate of step time and MFU
+(research/parallel/aot.py says how). Exit status: 0 when the step fits, 1 when it does not,
+2 for bad input (unknown slice, a mesh that does not match the chips, a batch or a
+parameter that does not divide over the mesh), reported before anything compiles.
+Needs libtpu: pip install "jax[tpu]==<the installed jax version>".
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile for TPU, run nothing: no TPU backend wanted
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from research import config as config_lib  # noqa: E402
+from research.parallel import aot  # noqa: E402
+
+GIB = 2**30
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="config file and argument, e.g. configs/llama2.py:7b")
+    parser.add_argument("--topology", required=True, help="Cloud TPU slice, e.g. v5p-8, v5p-128, v5e-16, v4-8")
+    parser.add_argument("--no-cost", action="store_true", help="skip the four extra compiles of the cost estimate")
+    args, rest = parser.parse_known_args(argv)
+    unknown = [item for item in rest if not item.startswith("--config.")]
+    if unknown:
+        parser.error(f"unrecognised argument {unknown[0]!r}; overrides look like --config.mesh.fsdp=8")
+    return args, rest
+
+
+def in_units(nbytes: float) -> str:
+    """Bytes in GiB, or MiB below a tenth of a GiB."""
+    return f"{nbytes / GIB:9.2f} GiB" if abs(nbytes) >= GIB / 10 else f"{nbytes / 2**20:9.2f} MiB"
+
+
+def memory_lines(memory: aot.ChipMemory, capacity: int) -> list[str]:
+    rows = [("arguments", memory.arguments), ("outputs", memory.outputs), ("aliased (donated)", -memory.aliased),
+            ("temporaries", memory.temporaries), ("generated code", memory.code)]
+    lines = ["per-chip HBM"] + [f"  {name:<22}{in_units(value)}" for name, value in rows]
+    lines.append(f"  {'total (compiler peak)':<22}{in_units(memory.total)}  of {capacity / GIB:.2f} GiB "
+                 f"({memory.total / capacity:.1%}); temporaries are all allocations, not all live at the peak")
+    return lines
+
+
+def cost_lines(result: aot.AotResult, tokens_per_step: int, chips: int) -> list[str]:
+    cost = result.cost
+    compute_s, memory_s = cost.flops / result.peak_flops, cost.bytes_accessed / result.hbm_bytes_per_s
+    bound = "compute-bound" if compute_s >= memory_s else "HBM-bound"
+    return [
+        f"per chip per step: {cost.flops:.3e} FLOPs, {cost.bytes_accessed:.3e} HBM bytes "
+        f"(model FLOPs {result.model_flops_per_chip:.3e})",
+        f"roofline estimate (ICI not modelled): {result.roofline_seconds:.3g} s per step ({bound}) at "
+        f"{result.peak_flops / 1e12:.0f} TFLOP/s and {result.hbm_bytes_per_s / 1e9:.0f} GB/s per chip; "
+        f"MFU {result.roofline_mfu:.1%}, {tokens_per_step / chips / result.roofline_seconds:,.0f} tokens/s per chip",
+    ]
+
+
+def report(spec: str, config, tpu_slice: aot.TpuSlice, result: aot.AotResult) -> str:
+    mesh = " ".join(f"{axis}={size}" for axis, size in result.mesh.items())
+    train = config.train
+    lines = [f"{spec} on {tpu_slice.name}: {tpu_slice.chips} chips ({tpu_slice.topology_name}), mesh {mesh}",
+             f"step: {train.batch_size} sequences x {train.seq_len} tokens in {train.grad_accum_steps} "
+             f"micro-batch(es)"]
+    if result.memory is None:
+        return "\n".join(lines + [f"the TPU compiler ran out of memory: {result.compiler_message}"])
+    lines += memory_lines(result.memory, result.capacity)
+    lines.append(f"compile time: {result.compile_seconds:.1f} s")
+    if result.cost is not None:
+        lines += cost_lines(result, train.batch_size * train.seq_len, tpu_slice.chips)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        config = config_lib.load(args.config, overrides)
+        tpu_slice = aot.parse_slice(args.topology)
+        result = aot.compile_for_slice(config, tpu_slice, with_cost=not args.no_cost)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(report(args.config, config, tpu_slice, result))
+    if not result.fits:
+        needed = "more than a chip has" if result.memory is None else f"{result.memory.total / GIB:.2f} GiB"
+        print(f"DOES NOT FIT: the step needs {needed} per chip; a {tpu_slice.name} chip has "
+              f"{result.capacity / GIB:.0f} GiB of HBM", file=sys.stderr)
+        return 1
+    print(f"fits on {tpu_slice.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
