@@ -54,14 +54,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         vocab_size=config.model.get_ref("vocab_size"),
     ))
     config.train = ml_collections.ConfigDict(dict(
-        steps=250 if tiny else 500_000,
+        steps=200 if tiny else 500_000,
         batch_size=8 if tiny else 1024,  # 1024 x 4096 = 4M tokens, the paper's batch
         seq_len=256 if tiny else config.model.max_seq_len,
         grad_accum_steps=1,
         log_every=10 if tiny else 100,
-        eval_every=125 if tiny else 2000,
+        eval_every=100 if tiny else 2000,
         eval_batches=8 if tiny else 100,
-        checkpoint_every=125 if tiny else 1000,
+        checkpoint_every=100 if tiny else 1000,
         max_checkpoints=3,
         sample_prompts=("The ", "A class ", "In Python, "),
         sample_tokens=32,
@@ -69,7 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=3e-3 if tiny else 3e-4, b1=0.9, b2=0.95, eps=1e-5,
         weight_decay=0.1, decay_mask="matrices", grad_clip_norm=1.0,
-        schedule="warmup_cosine", warmup_steps=25 if tiny else 2000, final_lr_fraction=0.1,
+        schedule="warmup_cosine", warmup_steps=20 if tiny else 2000, final_lr_fraction=0.1,
         mu_dtype=config_dict.placeholder(str),
     ))
     # context > 1 adds a `context` axis that splits sequences (research/parallel/mesh.py)
