@@ -49,7 +49,9 @@ def memory_lines(memory: aot.ChipMemory, capacity: int) -> list[str]:
             ("temporaries", memory.temporaries), ("generated code", memory.code)]
     lines = ["per-chip HBM"] + [f"  {name:<22}{in_units(value)}" for name, value in rows]
     lines.append(f"  {'total (compiler peak)':<22}{in_units(memory.total)}  of {capacity / GIB:.2f} GiB "
-                 f"({memory.total / capacity:.1%}); temporaries are all allocations, not all live at the peak")
+                 f"({memory.total / capacity:.1%})")
+    lines.append("  (the rows are the compiler's buffer totals; the peak is its footprint at the worst moment,"
+                 " what must fit)")
     return lines
 
 
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
         return 2
     print(report(args.config, config, tpu_slice, result))
     if not result.fits:
-        needed = "more than a chip has" if result.memory is None else f"{result.memory.total / GIB:.2f} GiB"
+        needed = "more HBM than the chip has" if result.memory is None else f"{result.memory.total / GIB:.2f} GiB"
         print(f"DOES NOT FIT: the step needs {needed} per chip; a {tpu_slice.name} chip has "
               f"{result.capacity / GIB:.0f} GiB of HBM", file=sys.stderr)
         return 1
