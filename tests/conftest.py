@@ -12,3 +12,5 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "research-test-jax-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("RESEARCH_DATA_DIR", tempfile.mkdtemp(prefix="research-test-data-"))
+# Ahead-of-time TPU compiles load libtpu in every pytest-xdist worker; let them share it.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
