@@ -120,7 +120,7 @@ def compile_cached(cache_dir: Path, spec: str, tpu_slice: aot.TpuSlice, mesh: di
     result = result_from_json(memory)
     if not result.fits:
         return result
-    cost = cached(cache_dir, {**key, "what": "cost"}, lambda: dataclasses.asdict(
+    cost = cached(cache_dir, {**key, "what": "cost", "cost_model": 2}, lambda: dataclasses.asdict(
         aot.step_cost(config, aot.slice_devices(tpu_slice), result.counted_cost)))
     return dataclasses.replace(result, cost=aot.StepCost(**cost))
 
@@ -158,7 +158,7 @@ def paper_tokens_per_gpu_s(label: str) -> str:
 def row(label: str, generation: str, result: aot.AotResult | None) -> str:
     reference = REFERENCES.get((label, generation), "")
     if result is None:
-        return f"| {label} | {generation} | none up to the largest slice | | | | | | | | {reference} |"
+        return f"| {label} | {generation} | none up to the largest slice | | | | | | | | | {reference} |"
     mesh = result.mesh
     shards = mesh["data"] * mesh["fsdp"]
     chips = math.prod(mesh.values())
@@ -190,7 +190,7 @@ def write_markdown(path: Path, rows: list[str], tries: dict) -> None:
         "batch rows; total = the compiler's peak footprint, which its out-of-memory check compares with HBM; "
         "the step fits when the compiler accepts it and the total is within the chip's HBM). FLOPs and bytes are "
         "per chip per step: XLA's count of the compiled step, in which each loop body (layer scan, accumulation) "
-        "appears once, scaled to every layer and micro-batch with four loop-free compiles (research/parallel/aot.py). "
+        "appears once, scaled to every layer and micro-batch with five more compiles (research/parallel/aot.py). "
         "**Step time and MFU are roofline estimates, not measurements**: t = max(FLOPs / peak, "
         "bytes / HBM bandwidth) per chip with v5p at 459 TFLOP/s bf16 and 2765 GB/s, v5e at 197 TFLOP/s and "
         "819 GB/s; MFU = model FLOPs (6·N + causal attention, no recomputation) / (t · peak). ICI "

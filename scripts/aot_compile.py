@@ -31,7 +31,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="config file and argument, e.g. configs/llama2.py:7b")
     parser.add_argument("--topology", required=True, help="Cloud TPU slice, e.g. v5p-8, v5p-128, v5e-16, v4-8")
-    parser.add_argument("--no-cost", action="store_true", help="skip the four extra compiles of the cost estimate")
+    parser.add_argument("--no-cost", action="store_true", help="skip the five extra compiles of the cost estimate")
     args, rest = parser.parse_known_args(argv)
     unknown = [item for item in rest if not item.startswith("--config.")]
     if unknown:

@@ -14,16 +14,20 @@ refuses a program that overflows HBM) and that total is within the chip's HBM.
 Cost. XLA's cost analysis counts a while-loop body once, whatever its trip count (checked:
 a scan of 10 matmuls reports the FLOPs of one), so in the compiled step the layer scan
 (forward, and backward with the rematerialised forward) and the M-step accumulation loop
-are each counted once. The whole step per chip is rebuilt from that count C and four
-compiles of loop-free variants (layers unrolled, no remat) with L' ∈ {1, 2} layers: the
-optimizer update alone u(L') and the train step S(L'), whose micro-step is m(L') = S − u:
+are each counted once. The step per chip is rebuilt from that count C(L) and five more
+compiles: the optimizer update alone u(L') and the train step S(L') with L' ∈ {1, 2}
+layers unrolled and not rematerialised, and the scanned step at another depth C(L₂):
 
-    u(L)  = u(1) + (L − 1)·(u(2) − u(1))          update (elementwise over parameters)
-    o     = 2·m(1) − m(2)                           a micro-step outside the layers
-    layer = C − u(L) − o                            one layer as the scan runs it, remat included
-    step  = u(L) + M·(o + L·layer)
+    u(L)  = u(1) + (L − 1)·(u(2) − u(1))            update, elementwise over parameters
+    o     = 2·m(1) − m(2),  m = S − u               a micro-step outside the layers
+    C(L)  = u(L) + o + b + L·q                      b: one layer as the scan runs it (remat
+                                                    included); q: per-layer work inside the
+                                                    accumulation loop but outside the layer
+                                                    loop (e.g. adding each layer's gradient)
+    q     = ((C(L) − u(L)) − (C(L₂) − u(L₂))) / (L − L₂)
+    step  = u(L) + M·(o + L·(b + q))
 
-(with the layers unrolled in the config itself, C holds all L of them: layer = (C − u − o)/L).
+(with the layers unrolled in the config, or one layer, C holds every layer: step = u + M·(C − u)).
 Roofline (an estimate; ICI collectives and their overlap are not modelled):
 
     t = max(FLOPs / peak FLOP/s, bytes / HBM bandwidth),  MFU = model FLOPs / (t · peak)
@@ -332,20 +336,36 @@ def loop_free_variant(config, num_layers: int):
     return ml_collections.FrozenConfigDict(variant)
 
 
+def with_layers(config, num_layers: int):
+    """`config` with `num_layers` layers, otherwise unchanged (scanned layers stay scanned)."""
+    variant = unfrozen(config)
+    variant.model.num_layers = num_layers
+    return ml_collections.FrozenConfigDict(variant)
+
+
 def step_cost(config, devices, counted: StepCost) -> StepCost:
     """One chip's cost of the whole step from XLA's count `counted` of the compiled step, in
     which each loop body (layer scan, accumulation) appears once (see the module docstring)."""
-    update, micro = {}, {}
-    for layers in (1, 2):
-        variant = loop_free_variant(config, layers)
-        update[layers] = cost_of(lower_optimizer_update(variant, devices).compile())
-        micro[layers] = cost_of(lower_train_step(variant, devices).compile()) - update[layers]
-    num_layers = config.model.num_layers
-    update_cost = update[1] + (update[2] - update[1]) * (num_layers - 1)
+    def cost(lowered):
+        return cost_of(lowered.compile())
+
+    num_layers, micro_steps = config.model.num_layers, config.train.grad_accum_steps
+    update = {n: cost(lower_optimizer_update(loop_free_variant(config, n), devices)) for n in (1, 2)}
+
+    def update_at(layers):
+        return update[1] + (update[2] - update[1]) * (layers - 1)
+
+    if not config.model.scan_layers or num_layers == 1:  # no layer loop: `counted` holds every layer
+        return update_at(num_layers) + (counted - update_at(num_layers)) * micro_steps
+    micro = {n: cost(lower_train_step(loop_free_variant(config, n), devices)) - update[n] for n in (1, 2)}
     outside_layers = micro[1] * 2 - micro[2]
-    layers_counted = num_layers if not config.model.scan_layers or num_layers == 1 else 1
-    one_layer = (counted - update_cost - outside_layers) * (1 / layers_counted)
-    return update_cost + (outside_layers + one_layer * num_layers) * config.train.grad_accum_steps
+    other_depth = 3 if num_layers == 2 else 2
+    counted_other = cost(lower_train_step(with_layers(config, other_depth), devices))
+    per_layer_outside_loop = ((counted - update_at(num_layers)) - (counted_other - update_at(other_depth))) * (
+        1 / (num_layers - other_depth))
+    layer_body = counted - update_at(num_layers) - outside_layers - per_layer_outside_loop * num_layers
+    micro_step = outside_layers + (layer_body + per_layer_outside_loop) * num_layers
+    return update_at(num_layers) + micro_step * micro_steps
 
 
 @dataclasses.dataclass(frozen=True)

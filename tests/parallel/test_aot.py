@@ -111,14 +111,15 @@ def test_train_step_compiles_for_v5e_4_and_reports_its_memory():
 
 def test_step_cost_counts_every_layer_and_micro_batch():
     devices = aot.slice_devices(aot.parse_slice("v5e-4"))
-    config = small_config("model.num_layers=3", "model.remat=none")
+    layers = ("model.num_layers=4", "model.remat=none", "mesh.data=1", "mesh.fsdp=4")
+    config = small_config(*layers)
     counted = aot.cost_of(aot.lower_train_step(config, devices).compile())
     estimate = aot.step_cost(config, devices, counted)
-    loop_free = aot.cost_of(aot.lower_train_step(aot.loop_free_variant(config, 3), devices).compile())
+    loop_free = aot.cost_of(aot.lower_train_step(aot.loop_free_variant(config, 4), devices).compile())
     assert counted.flops < 0.6 * loop_free.flops  # why: XLA counts the scanned layers once
-    assert estimate.flops == pytest.approx(loop_free.flops, rel=0.02)
-    assert estimate.bytes_accessed == pytest.approx(loop_free.bytes_accessed, rel=0.3)
-    accumulated = small_config("model.num_layers=3", "model.remat=none", "train.grad_accum_steps=2")
+    assert estimate.flops == pytest.approx(loop_free.flops, rel=0.03)
+    assert estimate.bytes_accessed == pytest.approx(loop_free.bytes_accessed, rel=0.2)
+    accumulated = small_config(*layers, "train.grad_accum_steps=2")
     twice = aot.step_cost(accumulated, devices, aot.cost_of(aot.lower_train_step(accumulated, devices).compile()))
     assert twice.flops == pytest.approx(loop_free.flops, rel=0.05)  # the same rows in two micro-batches
 
