@@ -53,10 +53,10 @@ from jax.sharding import Mesh
 from research.config import unfrozen
 from research.models import count_params, make_model
 from research.optim import make_optimizer, make_schedule
-from research.parallel.mesh import batch_sharding, logical_to_sharding, make_mesh, mesh_axes, mesh_shape
+from research.parallel.mesh import batch_sharding, make_mesh, mesh_axes, mesh_shape, sharded_abstract_state
 from research.train.flops import flops_per_token, peak_flops_of
 from research.train.state import TrainState
-from research.train.trainers.lm import make_train_step
+from research.train.trainers.lm import make_init_state, make_train_step
 
 GiB = 2**30
 
@@ -151,16 +151,6 @@ def slice_devices(tpu_slice: TpuSlice) -> list:
         chips_per_host_bounds=tpu_slice.chips_per_host_bounds, num_slices=1).devices)
 
 
-def sharded_abstract_state(init_state, mesh, key):
-    """(abstract unboxed state with shardings, shardings) from the state's logical axes,
-    as the training loop shards it; nothing is allocated."""
-    boxed = jax.eval_shape(init_state, key)
-    shardings = logical_to_sharding(nn.get_partition_spec(boxed), mesh)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            nn.meta.unbox(boxed), shardings)
-    return abstract, shardings
-
-
 def abstract_lm_batch(batch_size: int, seq_len: int, mesh) -> dict:
     """The LM trainer's batch (`research/data/pipeline.py` fields) as sharded shapes."""
     sharding = batch_sharding(mesh)
@@ -202,15 +192,6 @@ def check_state_divides(abstract_state, mesh) -> None:
                                  f"{size} is not divisible by mesh axes {axes} of size {ways}; change config.mesh")
 
 
-def init_lm_state(model, optimizer):
-    """`rng -> TrainState` with boxed (logically partitioned) parameters, as the LM trainer builds it."""
-    def init_state(rng):
-        params = model.init(rng, jnp.zeros((1, 1), jnp.int32))["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
-
-    return init_state
-
-
 @dataclasses.dataclass(frozen=True)
 class AbstractTraining:
     """The pieces of LM training over a mesh, with the state as sharded shapes only."""
@@ -231,7 +212,7 @@ def abstract_training(config, devices) -> AbstractTraining:
     check_batch_divides(config, mesh.shape)
     model = make_model(config.model)
     optimizer = make_optimizer(config.optimizer, config.train.steps)
-    state, shardings = sharded_abstract_state(init_lm_state(model, optimizer), mesh, jax.eval_shape(jax.random.key, 0))
+    state, shardings = sharded_abstract_state(make_init_state(model, optimizer, 1), mesh, jax.eval_shape(jax.random.key, 0))
     check_state_divides(state, mesh)
     return AbstractTraining(mesh, model, optimizer, state, shardings)
 

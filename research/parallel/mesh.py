@@ -93,6 +93,16 @@ def logical_to_sharding(logical_specs, mesh: Mesh):
     return nn.logical_to_mesh_sharding(logical_specs, mesh, rules_for(mesh))
 
 
+def sharded_abstract_state(init_state, mesh: Mesh, key):
+    """(abstract unboxed state with shardings, shardings) of `init_state(key)` from its
+    parameters' logical axes; nothing is allocated."""
+    boxed = jax.eval_shape(init_state, key)
+    shardings = logical_to_sharding(nn.get_partition_spec(boxed), mesh)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            nn.meta.unbox(boxed), shardings)
+    return abstract, shardings
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) axis over `data` × `fsdp`, the sequence axis over `context` if the mesh has it."""
     if CONTEXT_AXIS in mesh.axis_names:

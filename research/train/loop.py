@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from tqdm import tqdm
 
-from research.parallel.mesh import batch_sharding, logical_to_sharding, make_mesh
+from research.parallel.mesh import batch_sharding, make_mesh, sharded_abstract_state
 from research.train.checkpoint import Checkpointer
 from research.train.flops import total_peak_flops
 from research.train.metrics import MetricsWriter
@@ -41,15 +41,6 @@ def write_json_atomically(path: Path, payload) -> None:
 def global_batch(local_batch: dict, sharding) -> dict:
     """Assembles each process's rows into global arrays sharded over the batch axes."""
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
-
-
-def shardings_of(task: Task, mesh, init_key):
-    """(abstract unboxed state with shardings, shardings) from the state's logical axes."""
-    boxed = jax.eval_shape(task.init_state, init_key)
-    shardings = logical_to_sharding(nn.get_partition_spec(boxed), mesh)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            nn.meta.unbox(boxed), shardings)
-    return abstract, shardings
 
 
 def evaluate(task: Task, eval_step, params, num_batches: int, sharding) -> dict:
@@ -98,7 +89,7 @@ def train(config, workdir: str, *, devices=None) -> dict:
     task = build_task(config, mesh)
     root_key = jax.random.key(config.seed)
     init_key, step_key = jax.random.fold_in(root_key, 0), jax.random.fold_in(root_key, 1)
-    abstract_state, state_shardings = shardings_of(task, mesh, init_key)
+    abstract_state, state_shardings = sharded_abstract_state(task.init_state, mesh, init_key)
     data_sharding = batch_sharding(mesh)
 
     checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.train.get("max_checkpoints", 3))

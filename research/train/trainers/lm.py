@@ -62,6 +62,16 @@ def accumulated_gradients(model, params, batch, total_weight, num_micro: int):
     return loss, grads
 
 
+def make_init_state(model, optimizer, seq_len: int):
+    """`rng -> TrainState` with boxed (logically partitioned) parameters and a fresh optimizer state."""
+
+    def init_state(rng):
+        params = model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+    return init_state
+
+
 def make_train_step(model, optimizer, schedule, num_micro: int, mesh=None, grad_reduce: str = "auto"):
     """`train_step(state, batch, rng) -> (state, metrics)`: one optimizer update on the batch,
     gradients synchronised over the data axis as `grad_reduce` says (research/parallel/grad_sync.py)."""
@@ -91,11 +101,6 @@ def build(config, mesh) -> Task:
     optimizer = make_optimizer(config.optimizer, train_cfg.steps)
     schedule = make_schedule(config.optimizer, train_cfg.steps)
 
-    def init_state(rng):
-        tokens = jnp.zeros((1, train_cfg.seq_len), jnp.int32)
-        params = model.init(rng, tokens)["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
-
     def eval_step(params, batch):
         nll_sum, weight = loss_sums(model, params, batch)
         return {"nll_sum": nll_sum, "tokens": weight}
@@ -123,7 +128,7 @@ def build(config, mesh) -> Task:
     matmul_params = count_params(config.model)["active"] - config.model.vocab_size * config.model.dim
     tokens_per_step = train_cfg.batch_size * train_cfg.seq_len
     return Task(
-        init_state=init_state,
+        init_state=make_init_state(model, optimizer, train_cfg.seq_len),
         train_step=make_train_step(model, optimizer, schedule, train_cfg.grad_accum_steps, mesh,
                                    config.parallel.grad_reduce),
         eval_step=eval_step,
