@@ -36,6 +36,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from pallas_kernels.compile_target import compile_target
+
 MIN_ROWS = 16
 
 
@@ -153,20 +155,9 @@ def _make_tiling(q, k_cache, v_cache, lengths, sm_scale, block_k, interpret):
     tiling = _DecodeTiling(
         batch=batch, num_queries=num_queries, num_heads=num_heads, num_kv_heads=num_kv_heads,
         head_dim=head_dim, cache_len=cache_len, block_k=block_k,
-        sm_scale=float(head_dim ** -0.5 if sm_scale is None else sm_scale), target=_target(interpret))
+        sm_scale=float(head_dim ** -0.5 if sm_scale is None else sm_scale), target=compile_target(interpret))
     _check_tiling(tiling)
     return tiling
-
-
-def _target(interpret):
-    """Where the kernel runs: the interpreter (default on CPU), Triton on GPU, or Mosaic on TPU.
-
-    A CPU default backend with interpret=False means lowering ahead of time for TPU.
-    """
-    backend = jax.default_backend()
-    if interpret or (interpret is None and backend == "cpu"):
-        return "interpret"
-    return "gpu" if backend == "gpu" else "tpu"
 
 
 def _check_tiling(t):

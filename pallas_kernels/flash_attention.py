@@ -53,6 +53,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from pallas_kernels.compile_target import compile_target
+
 MIN_BLOCK = 16
 
 
@@ -239,24 +241,13 @@ def _make_tiling(q, k, has_segments, causal, sm_scale, block_q, block_k, interpr
         batch=batch, q_len=q_len, kv_len=kv_len, num_heads=num_heads, num_kv_heads=num_kv_heads,
         head_dim=head_dim, block_q=min(block_q, _longest_useful_block(q_len)),
         block_k=min(block_k, _longest_useful_block(kv_len)), causal=bool(causal), has_segments=has_segments,
-        sm_scale=float(head_dim ** -0.5 if sm_scale is None else sm_scale), target=_target(interpret))
+        sm_scale=float(head_dim ** -0.5 if sm_scale is None else sm_scale), target=compile_target(interpret))
     _check_tiling(tiling)
     return tiling
 
 
 def _longest_useful_block(length):
     return max(MIN_BLOCK, pl.next_power_of_2(length))
-
-
-def _target(interpret):
-    """Where the kernels run: the interpreter (default on CPU), Triton on GPU, or Mosaic on TPU.
-
-    A CPU default backend with interpret=False means lowering ahead of time for TPU.
-    """
-    backend = jax.default_backend()
-    if interpret or (interpret is None and backend == "cpu"):
-        return "interpret"
-    return "gpu" if backend == "gpu" else "tpu"
 
 
 def _check_tiling(t):
