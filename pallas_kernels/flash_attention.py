@@ -56,6 +56,7 @@ from jax.experimental.pallas import triton as pltriton
 from pallas_kernels.compile_target import compile_target
 
 MIN_BLOCK = 16
+TRITON_SHARED_MEMORY = 224 * 1024  # bytes a Hopper thread block may use (227 KiB, less Triton's scratch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,17 +75,25 @@ class _Tiling:
     has_segments: bool
     sm_scale: float
     target: str  # "interpret", "gpu" (Triton) or "tpu" (Mosaic)
+    itemsize: int  # bytes per input element
 
     @property
     def interpret(self):
         return self.target == "interpret"
 
-    @property
-    def compiler_params(self):
-        """Triton's parameters on GPU (without them Pallas would pick Mosaic GPU); defaults elsewhere."""
-        if self.target == "gpu":
-            return pltriton.CompilerParams(num_warps=4 if self.head_dim <= 64 else 8, num_stages=2)
-        return None
+    def compiler_params(self, kernel: str):
+        """Triton's parameters on GPU (without them Pallas would pick Mosaic GPU); defaults elsewhere.
+
+        The forward kernel streams K and V tiles through a software pipeline three deep when the
+        tiles and the Q block fit in TRITON_SHARED_MEMORY; the backward kernels, which hold more
+        tiles each, two deep. (H200, seq 4096, causal, bf16, 128 × 128 blocks: three stages made
+        the forward 16% faster; three stages overflow shared memory in the backward kernels.)
+        """
+        if self.target != "gpu":
+            return None
+        forward_bytes = (self.block_q + 2 * 3 * self.block_k) * self.head_dim * self.itemsize
+        stages = 3 if kernel == "forward" and forward_bytes <= TRITON_SHARED_MEMORY else 2
+        return pltriton.CompilerParams(num_warps=4 if self.head_dim <= 64 else 8, num_stages=stages)
 
     @property
     def group(self):
@@ -241,7 +250,8 @@ def _make_tiling(q, k, has_segments, causal, sm_scale, block_q, block_k, interpr
         batch=batch, q_len=q_len, kv_len=kv_len, num_heads=num_heads, num_kv_heads=num_kv_heads,
         head_dim=head_dim, block_q=min(block_q, _longest_useful_block(q_len)),
         block_k=min(block_k, _longest_useful_block(kv_len)), causal=bool(causal), has_segments=has_segments,
-        sm_scale=float(head_dim ** -0.5 if sm_scale is None else sm_scale), target=compile_target(interpret))
+        sm_scale=float(head_dim ** -0.5 if sm_scale is None else sm_scale), target=compile_target(interpret),
+        itemsize=jnp.dtype(q.dtype).itemsize)
     _check_tiling(tiling)
     return tiling
 
@@ -287,7 +297,7 @@ def _forward(q, k, v, q_segment_ids, kv_segment_ids, t):
         out_shape=[jax.ShapeDtypeStruct(q_cols.shape, q.dtype),
                    jax.ShapeDtypeStruct((t.batch, t.num_heads, t.q_len_padded, 1), jnp.float32)],
         interpret=t.interpret,
-        compiler_params=t.compiler_params,
+        compiler_params=t.compiler_params("forward"),
         name="flash_attention_forward",
     )(q_cols, k_cols, v_cols, *segments_for_q)
     outputs = (_from_columns(out_cols, t.q_len, t.num_heads), _lse_from_kernel(lse, t))
@@ -314,7 +324,7 @@ def _backward(t, residuals, cotangents):
         out_specs=specs.q_block,
         out_shape=jax.ShapeDtypeStruct(q_cols.shape, q_cols.dtype),
         interpret=t.interpret,
-        compiler_params=t.compiler_params,
+        compiler_params=t.compiler_params("backward"),
         name="flash_attention_dq",
     )(q_cols, k_cols, v_cols, d_out_cols, lse, delta, *segments_for_q)
     partial_dtype = k_cols.dtype if t.group == 1 else jnp.float32
@@ -327,7 +337,7 @@ def _backward(t, residuals, cotangents):
         out_specs=[specs.kv_block_per_query_head, specs.kv_block_per_query_head],
         out_shape=[jax.ShapeDtypeStruct(partial_shape, partial_dtype)] * 2,
         interpret=t.interpret,
-        compiler_params=t.compiler_params,
+        compiler_params=t.compiler_params("backward"),
         name="flash_attention_dkdv",
     )(q_cols, k_cols, v_cols, d_out_cols, _as_rows(lse, t), _as_rows(delta, t), *segments_for_kv)
     dq = _from_columns(dq_cols, t.q_len, t.num_heads)
