@@ -2,9 +2,10 @@
 
 One jitted program: a prefill of the (right-padded) prompts, then a `lax.while_loop`
 that appends one token per row per iteration until `max_new_tokens` or until every row
-has emitted `eos_id`. Row b's new tokens follow its own prompt (length ℓ_b): they are
-written at ℓ_b, ℓ_b+1, ..., so rows of different lengths decode side by side; after EOS
-a row emits `pad_id`.
+has emitted a stop id (`eos_id`: one id or several, e.g. EOS and a chat template's
+end-of-turn). Row b's new tokens follow its own prompt (length ℓ_b): they are written at
+ℓ_b, ℓ_b+1, ..., so rows of different lengths decode side by side; after its first stop
+id a row emits `pad_id`.
 
 Sampling from logits z at temperature T: p ∝ exp(z/T) restricted to the k largest (top-k)
 and to the smallest set of most likely tokens whose mass reaches p (top-p, nucleus);
@@ -46,6 +47,18 @@ def pad_prompts(prompts, pad_id: int, vocab_size: int):
     return tokens, lengths
 
 
+def stop_id_tuple(eos_id, vocab_size: int) -> tuple[int, ...]:
+    """`eos_id` (None, one id, or a sequence of ids) as a sorted tuple of distinct ids, a
+    hashable static argument; ValueError naming an id that is not an integer in [0, vocab_size)."""
+    ids = np.asarray([] if eos_id is None else eos_id)
+    if ids.ndim > 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+        raise ValueError(f"eos_id must be an int or a sequence of ints, got {eos_id!r}")
+    outside = [i for i in ids.ravel().tolist() if not 0 <= i < vocab_size]
+    if outside:
+        raise ValueError(f"eos_id {outside[0]} is outside the vocabulary [0, {vocab_size})")
+    return tuple(sorted(set(ids.ravel().tolist())))
+
+
 def filter_logits(logits, *, temperature: float, top_k: int | None, top_p: float | None):
     """Logits scaled by 1/T with everything outside the top-k and the top-p nucleus set to −inf."""
     logits = logits.astype(jnp.float32) / temperature
@@ -80,10 +93,11 @@ def unrolled(model, params):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p",
-                                             "eos_id", "pad_id"))
+                                             "stop_ids", "pad_id"))
 def generate_padded(model, params, tokens, lengths, rng, *, max_new_tokens, temperature, top_k, top_p,
-                    eos_id, pad_id):
-    """The jitted core of `generate` on right-padded prompts `tokens [B, P]` of `lengths [B]`."""
+                    stop_ids, pad_id):
+    """The jitted core of `generate` on right-padded prompts `tokens [B, P]` of `lengths [B]`;
+    a row stops after emitting any id in the tuple `stop_ids`."""
     batch, prompt_len = tokens.shape
     rows = jnp.arange(batch)
     model, params = unrolled(model, params)
@@ -102,8 +116,8 @@ def generate_padded(model, params, tokens, lengths, rng, *, max_new_tokens, temp
         i, output, cache, next_logits, done = carry
         token = jnp.where(done, pad_id, sample(next_logits, jax.random.fold_in(rng, i)))
         output = output.at[rows, lengths + i].set(token)
-        if eos_id is not None:
-            done = done | (token == eos_id)
+        if stop_ids:
+            done = done | jnp.isin(token, jnp.array(stop_ids, jnp.int32))
         logits, cache = model.apply({"params": params}, token[:, None], cache=cache, decode=True)
         return i + 1, output, cache, logits[:, 0], done
 
@@ -113,11 +127,13 @@ def generate_padded(model, params, tokens, lengths, rng, *, max_new_tokens, temp
 
 def generate(model, params, prompts: Sequence[Sequence[int]] | np.ndarray | jax.Array, *, max_new_tokens: int,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, rng=None,
-             eos_id: int | None = None, pad_id: int = 0):
+             eos_id: int | Sequence[int] | None = None, pad_id: int = 0):
     """Continues each prompt by `max_new_tokens` tokens; returns `[batch, prompt_len + max_new_tokens]`.
 
     `prompts` is an int array `[batch, prompt_len]` or a list of token lists of different
     lengths (row b then holds its prompt, its new tokens, and `pad_id` to the end).
+    `eos_id` is one stop id or several (e.g. `(tokenizer.eos_id, tokenizer.end_of_turn_id)`):
+    a row keeps the first stop id it emits and is padded after it.
     """
     config = model.config
     tokens, lengths = pad_prompts(prompts, pad_id, config.vocab_size)
@@ -134,7 +150,8 @@ def generate(model, params, prompts: Sequence[Sequence[int]] | np.ndarray | jax.
         raise ValueError(f"top_k must be in [1, vocab_size], got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    stop_ids = stop_id_tuple(eos_id, config.vocab_size)
     rng = jax.random.key(0) if rng is None else rng
     return generate_padded(model, params, jnp.asarray(tokens), jnp.asarray(lengths), rng,
                            max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=top_k,
-                           top_p=top_p, eos_id=eos_id, pad_id=pad_id)
+                           top_p=top_p, stop_ids=stop_ids, pad_id=pad_id)

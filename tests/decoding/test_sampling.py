@@ -73,6 +73,26 @@ def test_eos_stops_a_row_and_pads_after_it(model_and_params):
     assert out[0, 3] == first and (out[0, 4:] == 0).all()
 
 
+def test_a_row_stops_at_the_first_of_several_stop_ids(model_and_params, ragged_greedy_references):
+    model, params = model_and_params
+    new = [expected[len(prompt):] for prompt, expected in zip(RAGGED_PROMPTS, ragged_greedy_references)]
+    stops = (new[0][1], new[2][3])  # row 0 stops by its 2nd new token, row 2 by its 4th
+    out = np.asarray(generate(model, params, RAGGED_PROMPTS, max_new_tokens=7, eos_id=stops))
+    for row, prompt, tokens in zip(out, RAGGED_PROMPTS, new):
+        hits = [k for k, token in enumerate(tokens) if token in stops]
+        kept = hits[0] + 1 if hits else len(tokens)  # the stop id itself is kept
+        assert row.tolist() == prompt + tokens[:kept] + [0] * (len(row) - len(prompt) - kept)
+    assert not out[0, 3 + 2:].any() and not out[2, 1 + 4:].any()
+
+
+@pytest.mark.parametrize("eos_id, message", [(300, "eos_id 300 is outside"), ([2, -1], "eos_id -1 is outside"),
+                                             ("2", "int or a sequence of ints"), ([[2]], "int or a sequence")])
+def test_bad_stop_ids_are_rejected(model_and_params, eos_id, message):
+    model, params = model_and_params
+    with pytest.raises(ValueError, match=message):
+        generate(model, params, [[5]], max_new_tokens=3, eos_id=eos_id)
+
+
 def test_sampling_is_seeded_and_respects_top_k(model_and_params):
     model, params = model_and_params
     kwargs = dict(max_new_tokens=6, temperature=1.0, top_k=1, rng=jax.random.key(1))
