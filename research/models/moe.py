@@ -1,0 +1,339 @@
+"""Mixture-of-experts feed-forward layer: routers, two dispatch paths, auxiliary losses, expert parallelism.
+
+A drop-in replacement of `layers.SwiGLU`. Each token x goes to k of E expert SwiGLUs and their
+outputs are mixed by the routing weights (Shazeer et al., 2017; GShard; Switch Transformer):
+
+    logits = x · W_router                  [tokens, E], float32 (x · U(1−ε, 1+ε) in training, if jittered)
+    y(x)   = Σ_{j<k} w_j(x) · FFN_{e_j(x)}(x)  (+ Σ shared FFNs(x), always on)
+    FFN_e(x) = W_down[e] · (SiLU(W_gate[e] · x) ⊙ W_up[e] · x)
+
+Routers (`moe.router`), both in float32:
+    "softmax_topk": p = softmax(logits) over all E; (w, e) = top-k of p; w /= Σ w if `moe.renormalize`.
+    "topk_softmax": (l, e) = top-k of logits; w = softmax(l) over the k chosen.
+
+Dispatch (`moe.dispatch`):
+    "capacity": GShard/Switch one-hot dispatch. Each expert takes at most
+        C = min(⌈capacity_factor · T · k / E⌉, T) assignments of the T tokens of a group (no expert
+        can get more than T, since a token's k experts are distinct). Assignments queue in
+        choice-major order: every token's first choice, then every token's second choice, ...;
+        the p-th assignment to an expert gets slot p and is dropped when p ≥ C (it contributes 0; the
+        block's residual carries the token). Dispatch D[t, e, c] ∈ {0, 1} and combine
+        G[t, e, c] = w · D give expert inputs X_e = Σ_t D[t, e, :]·x_t [E, C, d] and
+        y_t = Σ_{e,c} G[t, e, c] · FFN_e(X_e)[c].
+    "dropless": the T·k (token, choice) assignments sorted by expert, each expert's rows one group
+        of a grouped matmul (`jax.lax.ragged_dot`, group sizes = assignments per expert), the
+        results unsorted and summed over the k choices with their weights. Nothing is dropped.
+Both paths give the same output when nothing is dropped.
+
+Statistics, sown float32 into the `MOE_COLLECTION` collection (unweighted; the trainer weighs them),
+with f_i = (top-k selections of expert i) / (T·k) and P_i = mean over tokens of softmax(logits)_i:
+    load_balancing_loss = E · Σ_i f_i · P_i  (Switch; 1 for uniform routing, up to E when collapsed)
+    router_z_loss       = mean_t (logsumexp_i logits[t, i])²  (ST-MoE)
+    expert_load = f [E],  load_cv = std(f) / mean(f),  router_entropy = mean_t H(softmax(logits[t])),
+    dropped_fraction = dropped assignments / (T·k)  (0 for "dropless").
+
+Expert parallelism (`mesh` with an `expert` axis of size ep; E must be divisible by ep). Any mesh takes
+this path, ep = 1 included, so that each device dispatches only its own tokens. The router
+and the statistics run outside any shard_map on the whole token batch, so GSPMD shards them like any
+other op and the statistics are the global ones by construction. The expert computation is one
+`jax.shard_map` over the mesh:
+    tokens [b·s, d], weights and expert ids [b·s, k]: split over the mesh axes
+        ("data", "fsdp", "expert", "context") that exist (each device its own group of tokens; the
+        layout of a batch split over data × fsdp × expert with its sequence over context, so the
+        flattening moves nothing), replicated over "tensor";
+    W_gate, W_up [E, d, h]: E over "expert", h over "tensor"; W_down [E, h, d]: E over "expert",
+        h over "tensor"; the embed dim d is gathered (it is sharded over "fsdp" outside).
+Inside, every device dispatches its local tokens to all E experts, `jax.lax.all_to_all` over
+"expert" sends each copy to the device holding its expert, the E/ep local experts run, a second
+all_to_all returns the results, and they are combined. With a "tensor" axis each device computes
+its slice of h and the combined output is summed over "tensor" (`psum`, Megatron-style). The
+dropped count is summed over the token axes.
+    "capacity": the dispatched [E, C, d] (C from the local token count) is all_to_all'd on E, so
+        each device holds [E/ep, ep·C, d] for its experts; the reverse all_to_all restores [E, C, d].
+    "dropless": `jax.lax.ragged_all_to_all` is not implemented by XLA:CPU in this JAX, so an
+        all_to_all of static worst-case buffers [ep, T_local·k, d] (all local assignments could go to
+        one device) carries the rows, and [ep, T_local·k] the local expert id of each row (E/ep marks
+        an empty slot). The receiver groups the ep·T_local·k rows by expert (empty slots last, outside
+        every group) for `ragged_dot`. The buffers cost ep× the memory of the assignments; nothing drops.
+The shared experts are a plain `layers.SwiGLU` outside the shard_map. Without an `expert` axis > 1
+the layer is plain jnp and GSPMD partitions it (the capacity group is then the whole batch).
+"""
+
+import math
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import PartitionSpec as P
+
+from research.models.layers import SwiGLU, param_with_axes
+
+MOE_COLLECTION = "moe"
+ROUTERS = ("softmax_topk", "topk_softmax")
+DISPATCHES = ("dropless", "capacity")
+EXPERT_AXIS = "expert"
+TENSOR_AXIS = "tensor"
+# mesh axes that split the b·s tokens, outermost first: the layout of a batch sharded over
+# ("data", "fsdp", "expert") with its sequence over "context" (research/parallel/mesh.py batch_sharding)
+TOKEN_AXES = ("data", "fsdp", "expert", "context")
+
+
+class ExpertWeights(NamedTuple):
+    """The routed experts' SwiGLU weights: gate, up [E, d, h]; down [E, h, d]."""
+
+    gate: Any
+    up: Any
+    down: Any
+
+
+def check_moe_config(moe, expert_axis_size: int = 1) -> None:
+    """Raises ValueError naming the field of `config.model.moe` (or `mesh.expert`) that is invalid."""
+    if moe.num_experts < 1:
+        raise ValueError(f"moe.num_experts={moe.num_experts} must be at least 1")
+    if moe.top_k < 1:
+        raise ValueError(f"moe.top_k={moe.top_k} must be at least 1")
+    if moe.top_k > moe.num_experts:
+        raise ValueError(f"moe.top_k={moe.top_k} > moe.num_experts={moe.num_experts}")
+    if moe.expert_hidden_dim < 1:
+        raise ValueError(f"moe.expert_hidden_dim={moe.expert_hidden_dim} must be at least 1")
+    if moe.num_shared_experts < 0:
+        raise ValueError(f"moe.num_shared_experts={moe.num_shared_experts} must be 0 or more")
+    if not moe.capacity_factor > 0:
+        raise ValueError(f"moe.capacity_factor={moe.capacity_factor} must be > 0")
+    if not 0 <= moe.router_jitter < 1:
+        raise ValueError(f"moe.router_jitter={moe.router_jitter} must be in [0, 1)")
+    if moe.router not in ROUTERS:
+        raise ValueError(f"moe.router={moe.router!r} is not one of {ROUTERS}")
+    if moe.dispatch not in DISPATCHES:
+        raise ValueError(f"moe.dispatch={moe.dispatch!r} is not one of {DISPATCHES}")
+    if moe.num_experts % expert_axis_size:
+        raise ValueError(f"moe.num_experts={moe.num_experts} is not divisible by mesh.expert={expert_axis_size}")
+
+
+def route(logits, top_k: int, router: str, renormalize: bool):
+    """(weights [T, k] float32, expert ids [T, k] int32) from router logits [T, E] (see module docstring)."""
+    logits = logits.astype(jnp.float32)
+    if router == "softmax_topk":
+        weights, experts = lax.top_k(jax.nn.softmax(logits, axis=-1), top_k)
+        if renormalize:
+            weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
+        return weights, experts.astype(jnp.int32)
+    if router == "topk_softmax":
+        top_logits, experts = lax.top_k(logits, top_k)
+        return jax.nn.softmax(top_logits, axis=-1), experts.astype(jnp.int32)
+    raise ValueError(f"moe.router={router!r} is not one of {ROUTERS}")
+
+
+def routing_statistics(logits, experts, num_dropped) -> dict:
+    """The sown statistics (module docstring) of logits [T, E], chosen experts [T, k] and the number
+    of dropped assignments; all float32, differentiable in the logits where the formula is."""
+    num_experts = logits.shape[-1]
+    num_assignments = experts.size
+    logits = logits.astype(jnp.float32)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    probs = jnp.exp(log_probs)
+    load = jnp.bincount(experts.reshape(-1), length=num_experts).astype(jnp.float32) / num_assignments
+    mean_probs = jnp.mean(probs, axis=0)
+    return {
+        "load_balancing_loss": num_experts * jnp.sum(load * mean_probs),
+        "router_z_loss": jnp.mean(jnp.square(jax.nn.logsumexp(logits, axis=-1))),
+        "expert_load": load,
+        "load_cv": jnp.std(load) / jnp.mean(load),
+        "router_entropy": jnp.mean(-jnp.sum(probs * log_probs, axis=-1)),
+        "dropped_fraction": jnp.asarray(num_dropped, jnp.float32) / num_assignments,
+    }
+
+
+def expert_capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: float) -> int:
+    """C = min(⌈capacity_factor · T · k / E⌉, T): slots per expert for a group of T tokens."""
+    return min(math.ceil(capacity_factor * num_tokens * top_k / num_experts), num_tokens)
+
+
+def position_in_group(ids, num_groups: int):
+    """p[a] = #{b < a : ids[b] = ids[a]}, the rank of entry a among the earlier entries of its group."""
+    one_hot = jax.nn.one_hot(ids, num_groups, dtype=jnp.int32)
+    return jnp.sum((jnp.cumsum(one_hot, axis=0) - 1) * one_hot, axis=-1)
+
+
+def capacity_dispatch(weights, experts, num_experts: int, capacity: int):
+    """(dispatch D [T, E, C], combine G = w·D [T, E, C], both float32; number of dropped assignments).
+
+    Assignment (t, j) takes slot p = its rank among the assignments to expert e_j(t) in choice-major
+    order (all j = 0 first, then j = 1, ...); D[t, e_j(t), p] = 1 when p < C, else it is dropped.
+    """
+    num_tokens, top_k = experts.shape
+    choice_major = experts.T.reshape(-1)
+    slot = position_in_group(choice_major, num_experts).reshape(top_k, num_tokens).T
+    slot_one_hot = jax.nn.one_hot(slot, capacity, dtype=jnp.float32)  # all zeros where slot ≥ C
+    expert_one_hot = jax.nn.one_hot(experts, num_experts, dtype=jnp.float32)
+    dispatch = jnp.einsum("tke,tkc->tec", expert_one_hot, slot_one_hot)
+    combine = jnp.einsum("tke,tkc->tec", expert_one_hot * weights[..., None], slot_one_hot)
+    num_dropped = experts.size - jnp.sum(slot < capacity)
+    return dispatch, combine, num_dropped
+
+
+def batched_swiglu(x, weights: ExpertWeights, dtype):
+    """FFN_e(x[e]) for x [E, C, d]: every expert on its own slots."""
+    gate = jnp.einsum("ecd,edh->ech", x, weights.gate.astype(dtype))
+    up = jnp.einsum("ecd,edh->ech", x, weights.up.astype(dtype))
+    return jnp.einsum("ech,ehd->ecd", nn.silu(gate) * up, weights.down.astype(dtype))
+
+
+def grouped_swiglu(rows, group_sizes, weights: ExpertWeights, dtype):
+    """FFN_e on consecutive row groups: rows [N, d], the first group_sizes[0] rows to expert 0, the next
+    group_sizes[1] to expert 1, ...; rows past Σ group_sizes give 0."""
+    gate = lax.ragged_dot(rows, weights.gate.astype(dtype), group_sizes)
+    up = lax.ragged_dot(rows, weights.up.astype(dtype), group_sizes)
+    return lax.ragged_dot(nn.silu(gate) * up, weights.down.astype(dtype), group_sizes)
+
+
+def experts_by_id(rows, expert_ids, weights: ExpertWeights, dtype):
+    """FFN_{ids[n]}(rows[n]) for rows [N, d]: sort by id, one grouped matmul, unsort.
+    Ids ≥ the number of experts mark empty rows; they sort last and give 0."""
+    num_experts = weights.gate.shape[0]
+    order = jnp.argsort(expert_ids, stable=True)
+    group_sizes = jnp.bincount(expert_ids, length=num_experts).astype(jnp.int32)
+    sorted_out = grouped_swiglu(rows[order], group_sizes, weights, dtype)
+    return jnp.zeros_like(sorted_out).at[order].set(sorted_out, unique_indices=True)
+
+
+def capacity_experts(tokens, weights, experts, expert_weights: ExpertWeights, num_experts: int,
+                     capacity_factor: float, dtype, expert_axis=None):
+    """(y [T, d], dropped count) by capacity dispatch of the T local tokens; with `expert_axis`
+    (inside shard_map) the [E, C, d] expert inputs are all_to_all'd to the devices holding the experts."""
+    num_tokens, top_k = experts.shape
+    capacity = expert_capacity(num_tokens, top_k, num_experts, capacity_factor)
+    dispatch, combine, num_dropped = capacity_dispatch(weights, experts, num_experts, capacity)
+    expert_inputs = jnp.einsum("tec,td->ecd", dispatch.astype(dtype), tokens)
+    if expert_axis is not None:  # [E, C, d] -> [E/ep, ep·C, d]
+        expert_inputs = lax.all_to_all(expert_inputs, expert_axis, 0, 1, tiled=True)
+    expert_outputs = batched_swiglu(expert_inputs, expert_weights, dtype)
+    if expert_axis is not None:  # [E/ep, ep·C, d] -> [E, C, d]
+        expert_outputs = lax.all_to_all(expert_outputs, expert_axis, 1, 0, tiled=True)
+    return jnp.einsum("tec,ecd->td", combine.astype(dtype), expert_outputs), num_dropped
+
+
+def dropless_experts(tokens, weights, experts, expert_weights: ExpertWeights, dtype):
+    """(y [T, d], 0): y_t = Σ_j w_j(t) · FFN_{e_j(t)}(x_t) over all T·k assignments, none dropped."""
+    num_tokens, top_k = experts.shape
+    outputs = experts_by_id(jnp.repeat(tokens, top_k, axis=0), experts.reshape(-1), expert_weights, dtype)
+    return combine_choices(outputs.reshape(num_tokens, top_k, -1), weights), 0
+
+
+def dropless_expert_parallel(tokens, weights, experts, expert_weights: ExpertWeights, dtype, expert_axis):
+    """Dropless dispatch inside shard_map: assignment a goes to device e_a // (E/ep) in slot
+    p_a = its rank among the local assignments to that device, through worst-case buffers
+    [ep, T·k, d] exchanged with all_to_all; the receiver runs `experts_by_id` on the ep·T·k rows."""
+    num_tokens, top_k = experts.shape
+    num_assignments, dim = num_tokens * top_k, tokens.shape[-1]
+    num_devices = lax.axis_size(expert_axis)
+    local_experts = expert_weights.gate.shape[0]
+    flat_experts = experts.reshape(-1)
+    destination = flat_experts // local_experts
+    slot = position_in_group(destination, num_devices)
+    send_rows = jnp.zeros((num_devices, num_assignments, dim), tokens.dtype).at[destination, slot].set(
+        jnp.repeat(tokens, top_k, axis=0), unique_indices=True)
+    send_ids = jnp.full((num_devices, num_assignments), local_experts, jnp.int32).at[destination, slot].set(
+        flat_experts % local_experts, unique_indices=True)
+    received_rows = lax.all_to_all(send_rows, expert_axis, 0, 0)
+    received_ids = lax.all_to_all(send_ids, expert_axis, 0, 0)
+    received_outputs = experts_by_id(received_rows.reshape(-1, dim), received_ids.reshape(-1), expert_weights, dtype)
+    returned = lax.all_to_all(received_outputs.reshape(num_devices, num_assignments, dim), expert_axis, 0, 0)
+    outputs = returned[destination, slot].reshape(num_tokens, top_k, dim)
+    return combine_choices(outputs, weights), 0
+
+
+def combine_choices(outputs, weights):
+    """y_t = Σ_j w_j(t) · outputs[t, j] for outputs [T, k, d] and weights [T, k]."""
+    return jnp.einsum("tkd,tk->td", outputs, weights.astype(outputs.dtype))
+
+
+def local_routed_experts(tokens, weights, experts, expert_weights: ExpertWeights, moe, dtype, expert_axis=None):
+    """(y [T, d], dropped count) of the routed experts on T tokens by `moe.dispatch`."""
+    if moe.dispatch == "capacity":
+        return capacity_experts(tokens, weights, experts, expert_weights, moe.num_experts, moe.capacity_factor,
+                                dtype, expert_axis)
+    if expert_axis is not None:
+        return dropless_expert_parallel(tokens, weights, experts, expert_weights, dtype, expert_axis)
+    return dropless_experts(tokens, weights, experts, expert_weights, dtype)
+
+
+def expert_axis_size(mesh) -> int:
+    """The size of the mesh's `expert` axis (1 without a mesh or without the axis)."""
+    return 1 if mesh is None else dict(mesh.shape).get(EXPERT_AXIS, 1)
+
+
+def expert_parallel_experts(tokens, weights, experts, expert_weights: ExpertWeights, moe, dtype, mesh):
+    """`local_routed_experts` as one shard_map over `mesh` (module docstring: Expert parallelism)."""
+    token_axes = tuple(axis for axis in TOKEN_AXES if axis in mesh.axis_names)
+    tensor_axis = TENSOR_AXIS if TENSOR_AXIS in mesh.axis_names else None
+    num_groups = math.prod(mesh.shape[axis] for axis in token_axes)
+    if tokens.shape[0] % num_groups:
+        raise ValueError(f"MoE expert parallelism splits the batch·seq = {tokens.shape[0]} tokens over the "
+                         f"{num_groups} devices of mesh axes {token_axes}; it must be divisible")
+    tensor_size = mesh.shape[tensor_axis] if tensor_axis else 1
+    if moe.expert_hidden_dim % tensor_size:
+        raise ValueError(f"moe.expert_hidden_dim={moe.expert_hidden_dim} is not divisible by mesh.tensor={tensor_size}")
+
+    def local(tokens, weights, experts, expert_weights):
+        out, num_dropped = local_routed_experts(tokens, weights, experts, expert_weights, moe, dtype, EXPERT_AXIS)
+        if tensor_axis:
+            out = lax.psum(out, tensor_axis)
+        return out, lax.psum(num_dropped, token_axes)
+
+    token_spec = P(token_axes)
+    weight_specs = ExpertWeights(gate=P(EXPERT_AXIS, None, tensor_axis), up=P(EXPERT_AXIS, None, tensor_axis),
+                                 down=P(EXPERT_AXIS, tensor_axis, None))
+    mapped = jax.shard_map(local, mesh=mesh, in_specs=(token_spec, token_spec, token_spec, weight_specs),
+                           out_specs=(token_spec, P()))
+    return mapped(tokens, weights, experts, expert_weights)
+
+
+class MoeFeedForward(nn.Module):
+    """Drop-in replacement of layers.SwiGLU: x [batch, seq, dim] -> [batch, seq, dim].
+
+    `moe` is `config.model.moe`; `mesh` turns on expert parallelism when its `expert` axis is > 1.
+    Router jitter applies only when the caller passes `rngs={"jitter": key}`.
+    """
+
+    moe: Any
+    dtype: Any = jnp.float32
+    mesh: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        moe = self.moe
+        check_moe_config(moe, expert_axis_size(self.mesh))
+        batch, seq, dim = x.shape
+        num_experts, hidden = moe.num_experts, moe.expert_hidden_dim
+        router = param_with_axes(self, "router", nn.initializers.normal(stddev=dim**-0.5), (dim, num_experts),
+                                 ("embed", None))
+        init = nn.initializers.normal(stddev=dim**-0.5)
+        expert_weights = ExpertWeights(
+            gate=param_with_axes(self, "gate", init, (num_experts, dim, hidden), ("expert", "embed", "mlp")),
+            up=param_with_axes(self, "up", init, (num_experts, dim, hidden), ("expert", "embed", "mlp")),
+            down=param_with_axes(self, "down", nn.initializers.normal(stddev=hidden**-0.5),
+                                 (num_experts, hidden, dim), ("expert", "mlp", "embed")))
+
+        router_input = x.reshape(batch * seq, dim).astype(jnp.float32)
+        if moe.router_jitter > 0 and self.has_rng("jitter"):
+            router_input = router_input * jax.random.uniform(
+                self.make_rng("jitter"), router_input.shape, jnp.float32, 1 - moe.router_jitter, 1 + moe.router_jitter)
+        logits = jnp.dot(router_input, router, precision=lax.Precision.HIGHEST)
+        weights, experts = route(logits, moe.top_k, moe.router, moe.renormalize)
+
+        tokens = x.reshape(batch * seq, dim).astype(self.dtype)
+        if self.mesh is not None and EXPERT_AXIS in self.mesh.axis_names:  # ep = 1 too: local sorting
+            out, num_dropped = expert_parallel_experts(tokens, weights, experts, expert_weights, moe, self.dtype,
+                                                       self.mesh)
+        else:
+            out, num_dropped = local_routed_experts(tokens, weights, experts, expert_weights, moe, self.dtype)
+        for name, value in routing_statistics(logits, experts, num_dropped).items():
+            self.sow(MOE_COLLECTION, name, value)
+
+        out = out.reshape(batch, seq, dim)
+        if moe.num_shared_experts > 0:
+            out = out + SwiGLU(moe.num_shared_experts * hidden, self.dtype, name="shared")(x)
+        return out
