@@ -9,7 +9,7 @@ import ml_collections
 REQUIRED_SECTIONS = ("model", "trainer", "optimizer", "data", "mesh", "seed", "train")
 REQUIRED_TRAIN_FIELDS = ("steps", "batch_size", "seq_len", "log_every", "eval_every", "checkpoint_every")
 MESH_AXES = ("data", "fsdp", "tensor", "expert", "context")  # research/parallel/mesh.py
-ATTENTION_IMPLS = ("xla", "pallas", "cudnn")  # research/models/layers.py
+ATTENTION_IMPLS = ("xla", "pallas", "cudnn", "ring")  # research/models/layers.py
 
 
 def require(condition: bool, field: str, problem: str) -> None:
@@ -26,6 +26,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     validate_optimizer(config.optimizer)
     if "num_heads" in config.model:
         validate_llama(config.model, config.train.seq_len)
+        validate_context_parallel(config.model, config.train.seq_len, config.mesh)
+    if config.model.get("moe") is not None:
+        validate_moe(config.model, config.mesh)
     if "tokenizer" in config.data:
         validate_data(config.data, config.model)
     if "parallel" in config:
@@ -60,7 +63,7 @@ def validate_parallel(parallel, mesh) -> None:
     require(parallel.grad_reduce in GRAD_REDUCE_METHODS, "parallel.grad_reduce",
             f"{parallel.grad_reduce!r} is not one of {GRAD_REDUCE_METHODS}")
     if parallel.grad_reduce != "auto":
-        sharded = {a: mesh.get(a, 1) for a in ("fsdp", "tensor", "expert") if mesh.get(a, 1) != 1}
+        sharded = {a: mesh.get(a, 1) for a in ("fsdp", "tensor", "expert", "context") if mesh.get(a, 1) != 1}
         require(not sharded, "parallel.grad_reduce",
                 f"{parallel.grad_reduce!r} needs a purely data-parallel mesh, but mesh has {sharded}")
 
@@ -91,6 +94,31 @@ def validate_llama(model, seq_len: int) -> None:
         jnp.dtype(model.dtype)
     except TypeError:
         raise ValueError(f"config field model.dtype: {model.dtype!r} is not a dtype") from None
+
+
+def validate_context_parallel(model, seq_len: int, mesh) -> None:
+    """Ring attention cuts each sequence into 2 × context zig-zag chunks."""
+    context = mesh.get("context", 1)
+    if model.get("attention_impl") == "ring" and context > 1:
+        require(seq_len % (2 * context) == 0, "train.seq_len",
+                f"{seq_len} is not divisible by 2 × mesh.context = {2 * context} (ring attention's zig-zag chunks)")
+
+
+def validate_moe(model, mesh) -> None:
+    """The mixture-of-experts fields (research/models/moe.py) and how they meet the layers and the mesh."""
+    from research.models.moe import check_moe_config
+
+    moe = model.moe
+    expert_axis = mesh.get("expert", 1)
+    try:
+        check_moe_config(moe, expert_axis if expert_axis > 0 else 1)
+    except ValueError as error:
+        raise ValueError(f"config field model.{error}") from None
+    require(moe.every_k_layers >= 1, "model.moe.every_k_layers", f"must be >= 1, got {moe.every_k_layers}")
+    require(model.num_layers % moe.every_k_layers == 0, "model.moe.every_k_layers",
+            f"num_layers {model.num_layers} is not divisible by every_k_layers {moe.every_k_layers}")
+    for field in ("load_balancing_weight", "z_loss_weight"):
+        require(moe[field] >= 0, f"model.moe.{field}", f"must be >= 0, got {moe[field]}")
 
 
 def validate_data(data, model) -> None:

@@ -42,11 +42,11 @@ def measure(config, steps: int, batch: int, seq: int, peak: float) -> dict:
     params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, seq), jnp.int32))["params"])
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
     data = random_batch(batch, seq, config.model.vocab_size, jax.random.key(1))
-    state, metrics = step_fn(state, data, None)  # compile
+    state, metrics = step_fn(state, data, jax.random.key(2))  # compile
     jax.block_until_ready(metrics)
     start = time.perf_counter()
     for _ in range(steps):
-        state, metrics = step_fn(state, data, None)
+        state, metrics = step_fn(state, data, jax.random.key(2))
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / steps
     matmul_params = count_params(config.model)["total"] - config.model.vocab_size * config.model.dim

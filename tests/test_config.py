@@ -85,3 +85,22 @@ def test_arg_pairs_and_bad_arguments():
         config_lib.load("configs/nope.py:tiny")
     with pytest.raises(ValueError, match="key=value"):
         config_lib.load(TINY, ["model.dim"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.moe.top_k=9"], r"model\.moe\.top_k=9 > moe\.num_experts=8"),
+    (["mesh.expert=3"], r"model\.moe\.num_experts=8 is not divisible by mesh\.expert=3"),
+    (["model.moe.capacity_factor=0.0"], r"model\.moe\.capacity_factor=0\.0 must be > 0"),
+    (["model.moe.router=hash"], r"model\.moe\.router='hash'"),
+    (["model.moe.every_k_layers=3"], r"model\.moe\.every_k_layers: num_layers 4 is not divisible"),
+    (["model.moe.load_balancing_weight=-1.0"], r"model\.moe\.load_balancing_weight"),
+])
+def test_moe_validation_names_the_field_before_building_anything(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        config_lib.load("configs/seed_thinking.py:tiny", overrides)
+
+
+@pytest.mark.parametrize("arg", ["tiny", "full", "tiny,dispatch=capacity,balance=0"])
+def test_seed_thinking_variants_load(arg):
+    moe = config_lib.load(f"configs/seed_thinking.py:{arg}").model.moe
+    assert moe.top_k <= moe.num_experts and moe.dispatch in ("dropless", "capacity")

@@ -1,32 +1,46 @@
 """Model families and their parameter counts.
 
 `count_params(config.model)` counts from shapes alone (`jax.eval_shape`): nothing is
-allocated, so it is exact and instant for the full-size configs.
+allocated, so it is exact and instant for the full-size configs. A token uses every parameter
+except the routed experts it is not sent to: of a parameter with a logical `expert` axis
+(E experts stacked), k/E is active (top-k routing); embeddings count in both totals.
 """
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from research.models.llama import Llama
 
 
-def make_model(model_config):
-    """The flax module for `config.model`."""
-    return Llama(model_config)
+def make_model(model_config, mesh=None):
+    """The flax module for `config.model`; `mesh` for layers that shard work by hand (ring
+    attention, expert parallelism)."""
+    return Llama(model_config, mesh)
+
+
+def boxed_abstract_params(model_config):
+    """Parameter shapes of the model (`jax.ShapeDtypeStruct`s) in their logical-axis boxes."""
+    model = make_model(model_config)
+    tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    return jax.eval_shape(lambda t: model.init(jax.random.key(0), t), tokens)["params"]
 
 
 def abstract_params(model_config):
     """Parameter shapes of the model (a pytree of `jax.ShapeDtypeStruct`), boxes removed."""
-    model = make_model(model_config)
-    tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
-    variables = jax.eval_shape(lambda t: model.init(jax.random.key(0), t), tokens)
-    return nn.meta.unbox(variables["params"])
+    return nn.meta.unbox(boxed_abstract_params(model_config))
 
 
 def count_params(model_config) -> dict[str, int]:
     """{"total": all parameters, "active": parameters used per token} (equal for dense models)."""
-    shapes = jax.tree.leaves(abstract_params(model_config))
-    total = int(sum(np.prod(s.shape, dtype=np.int64) for s in shapes))
-    return {"total": total, "active": total}
+    boxed = boxed_abstract_params(model_config)
+    sizes = [int(np.prod(s.shape, dtype=np.int64)) for s in jax.tree.leaves(nn.meta.unbox(boxed))]
+    routed = [("expert" in (spec or ())) for spec in jax.tree.leaves(
+        nn.get_partition_spec(boxed), is_leaf=lambda x: isinstance(x, PartitionSpec))]
+    total = sum(sizes)
+    expert_total = sum(size for size, is_routed in zip(sizes, routed) if is_routed)
+    moe = model_config.get("moe")
+    expert_active = 0 if moe is None else expert_total * moe.top_k // moe.num_experts
+    return {"total": total, "active": total - expert_total + expert_active}

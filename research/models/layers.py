@@ -6,6 +6,7 @@ logical axis names (`embed`, `mlp`, `heads`, `kv_heads`, `head_dim`, `vocab`);
 `dtype`; norms and the softmax run in float32.
 """
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -14,6 +15,8 @@ import jax.numpy as jnp
 
 from pallas_kernels.decode_attention import decode_attention
 from pallas_kernels.flash_attention import flash_attention
+from research.parallel.mesh import CONTEXT_AXIS, context_parallel_size, mesh_axes_for
+from research.parallel.ring_attention import ring_attention
 
 Dtype = Any
 
@@ -129,7 +132,7 @@ class Attention(nn.Module):
     q = x·W_q, k = x·W_k, v = x·W_v with RoPE on q and k; out = attention(q, k, v)·W_o.
     With `cache = (k_cache, v_cache)` of shape `[b, max_len, kv_h, d]` the new keys and values
     are written at `positions` (consecutive in each row) and the queries attend to cache entries
-    at positions ≤ their own (`cached_attention`).
+    at positions ≤ their own (`cached_attention`). `mesh` is needed by attention_impl="ring" only.
     """
 
     num_heads: int
@@ -138,6 +141,7 @@ class Attention(nn.Module):
     rope_theta: float = 10000.0
     attention_impl: str = "xla"
     dtype: Dtype = jnp.float32
+    mesh: Any = None
 
     @nn.compact
     def __call__(self, x, positions, segment_ids=None, cache=None):
@@ -156,7 +160,8 @@ class Attention(nn.Module):
         q = apply_rope(q, positions, self.rope_theta)
         k = apply_rope(k, positions, self.rope_theta)
         if cache is None:
-            out = attention(q, k, v, positions, positions, segment_ids, segment_ids, impl=self.attention_impl)
+            out = attention(q, k, v, positions, positions, segment_ids, segment_ids, impl=self.attention_impl,
+                            mesh=self.mesh)
             new_cache = None
         else:
             k_cache = write_cache(cache[0], k, positions[:, 0])
@@ -168,12 +173,13 @@ class Attention(nn.Module):
         return out, new_cache
 
 
-ATTENTION_IMPLS = ("xla", "pallas", "cudnn")
+ATTENTION_IMPLS = ("xla", "pallas", "cudnn", "ring")
 DECODE_BLOCK_K = 128  # cache positions per split of the "pallas" decode kernel
 DECODE_MAX_QUERIES = 16  # "pallas" runs query blocks up to this length (decode steps) on the decode kernel
 
 
-def attention(q, k, v, q_positions, kv_positions, q_segment_ids=None, kv_segment_ids=None, *, impl="xla"):
+def attention(q, k, v, q_positions, kv_positions, q_segment_ids=None, kv_segment_ids=None, *, impl="xla",
+              mesh=None):
     """Causal self-attention of one sequence: q `[b, t, h, d]` over k/v `[b, t, kv_h, d]`, by `impl`.
 
     Key j is visible to query i when kv_pos[j] ≤ q_pos[i] and, for packed sequences, the
@@ -182,6 +188,9 @@ def attention(q, k, v, q_positions, kv_positions, q_segment_ids=None, kv_segment
       "pallas": the flash kernel (pallas_kernels/flash_attention.py), causal by index within segments.
       "cudnn":  cuDNN's fused attention through `jax.nn.dot_product_attention`, causal by index
                 within segments; needs a CUDA GPU and bfloat16 or float16.
+      "ring":   context parallelism: ring attention (research/parallel/ring_attention.py) over the
+                `context` axis of `mesh`, sequences in zig-zag order (`uses_ring_attention`: the
+                model permutes its tokens once); "pallas" when there is no such axis.
     Causal by index equals causal by position when positions grow along each segment, as the
     model's positions do (0, 1, ... per row, or restarting at 0 with each packed document):
     within a segment j ≤ i ⇔ pos[j] ≤ pos[i], and across segments the ids mask. Real tokens
@@ -189,7 +198,11 @@ def attention(q, k, v, q_positions, kv_positions, q_segment_ids=None, kv_segment
     carry no loss.
     """
     _check_impl(impl, q.dtype)
-    if impl == "pallas":
+    if impl == "ring" and uses_ring_attention(impl, mesh):
+        return ring_attention(q, k, v, mesh, axis_name=CONTEXT_AXIS, causal=True, segment_ids=q_segment_ids,
+                              layout="zigzag", batch_axes=dividing_axes(mesh, "batch", q.shape[0]),
+                              head_axis=dividing_axes(mesh, "heads", k.shape[2]))
+    if impl in ("pallas", "ring"):
         return flash_attention(q, k, v, causal=True, segment_ids=q_segment_ids)
     if impl == "cudnn":
         mask = None
@@ -200,13 +213,26 @@ def attention(q, k, v, q_positions, kv_positions, q_segment_ids=None, kv_segment
     return dot_product_attention(q, k, v, mask)
 
 
+def dividing_axes(mesh, logical: str, size: int):
+    """The mesh axes of logical axis `logical` if they split `size` evenly, else None (replicated):
+    e.g. the batch of one row that initialises the model."""
+    axes = mesh_axes_for(logical, mesh)
+    names = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    return axes if size % math.prod(mesh.shape[name] for name in names) == 0 else None
+
+
+def uses_ring_attention(impl: str, mesh) -> bool:
+    """Whether training attention runs as a ring over the mesh's `context` axis."""
+    return impl == "ring" and context_parallel_size(mesh) > 1
+
+
 def cached_attention(q, k_cache, v_cache, q_positions, *, impl="xla"):
     """Attention of the newest t tokens over a KV cache that already holds their keys, by `impl`.
 
     q `[b, t, h, d]` at consecutive positions `q_positions [b, t]`; k/v_cache `[b, S, kv_h, d]`;
     cache entry j is visible to the query at position p when j ≤ p.
       "xla", "cudnn": masked attention over the whole cache.
-      "pallas": t ≤ DECODE_MAX_QUERIES (decode steps): the flash-decoding kernel
+      "pallas", "ring": t ≤ DECODE_MAX_QUERIES (decode steps): the flash-decoding kernel
                 (pallas_kernels/decode_attention.py) with lengths = last position + 1; it needs
                 S ≤ DECODE_BLOCK_K or a multiple of it (`kv_cache_length`).
                 Longer blocks (a prefill): when every row starts at position 0 the visible
@@ -240,7 +266,7 @@ def cached_attention(q, k_cache, v_cache, q_positions, *, impl="xla"):
 def kv_cache_length(num_positions: int, impl: str) -> int:
     """The cache length for `num_positions` tokens: as is, or for "pallas" rounded up to a multiple
     of DECODE_BLOCK_K once it exceeds one block (entries past a row's tokens are never visible)."""
-    if impl != "pallas" or num_positions <= DECODE_BLOCK_K:
+    if impl not in ("pallas", "ring") or num_positions <= DECODE_BLOCK_K:
         return num_positions
     return -(-num_positions // DECODE_BLOCK_K) * DECODE_BLOCK_K
 

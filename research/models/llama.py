@@ -1,7 +1,17 @@
 """LLaMA-2 decoder (Touvron et al., 2023): pre-norm blocks of GQA attention and SwiGLU.
 
-    h = x + Attention(RMSNorm(x));  out = h + SwiGLU(RMSNorm(h))
+    h = x + Attention(RMSNorm(x));  out = h + FFN(RMSNorm(h))
     logits = RMSNorm(h_L) · W_out   (W_out untied from the input embedding)
+
+FFN is SwiGLU, or with `config.moe` a mixture of experts (research/models/moe.py) in every
+`moe.every_k_layers`-th layer (layers k−1, 2k−1, ...): the same decoder serves dense LLaMA-2 and
+MoE models. With k > 1 the scanned unit is a group of k layers (k − 1 dense, then one MoE), so
+the stacked parameters are `layers/block_<j>` with a leading axis of L / k groups.
+
+Context parallelism (`attention_impl="ring"` on a mesh with a `context` axis): the model permutes
+its tokens, positions and segment ids into zig-zag order once at the input and the final hidden
+states back before the output head, so every layer's ring attention runs without reordering and
+the model's inputs and logits stay in sequence order.
 
 With `scan_layers` (the default for training) the blocks are one `nn.scan`: block
 parameters are stacked along a leading `layers` axis and compile time does not grow
@@ -18,8 +28,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from research.models.layers import Attention, RMSNorm, SwiGLU, llama_hidden_dim, param_with_axes
+from research.models.layers import Attention, RMSNorm, SwiGLU, llama_hidden_dim, param_with_axes, uses_ring_attention
+from research.models.moe import MOE_COLLECTION, MoeFeedForward
+from research.parallel.mesh import context_parallel_size
+from research.parallel.ring_attention import zigzag_order
 
 
 def hidden_dim_of(config: ml_collections.ConfigDict) -> int:
@@ -29,10 +43,23 @@ def hidden_dim_of(config: ml_collections.ConfigDict) -> int:
     return llama_hidden_dim(config.dim, config.ffn_dim_multiplier, config.multiple_of)
 
 
+def moe_every(config) -> int:
+    """Every how many layers one is a mixture of experts; 0 for a dense model."""
+    moe = config.get("moe")
+    return 0 if moe is None else moe.every_k_layers
+
+
+def is_moe_layer(config, layer: int) -> bool:
+    every = moe_every(config)
+    return every > 0 and (layer + 1) % every == 0
+
+
 class Block(nn.Module):
     """One pre-norm decoder layer; `scan`-compatible signature (carry, per-layer cache)."""
 
     config: Any
+    moe_layer: bool = False
+    mesh: Any = None
 
     @nn.compact
     def __call__(self, x, layer_cache, positions, segment_ids):
@@ -40,11 +67,37 @@ class Block(nn.Module):
         dtype = jnp.dtype(c.dtype)
         attn_out, new_cache = Attention(
             num_heads=c.num_heads, num_kv_heads=c.num_kv_heads, head_dim=c.dim // c.num_heads,
-            rope_theta=c.rope_theta, attention_impl=c.attention_impl, dtype=dtype, name="attention",
+            rope_theta=c.rope_theta, attention_impl=c.attention_impl, dtype=dtype, mesh=self.mesh,
+            name="attention",
         )(RMSNorm(c.norm_eps, dtype, name="attention_norm")(x), positions, segment_ids, layer_cache)
         h = x + attn_out
-        out = h + SwiGLU(hidden_dim_of(c), dtype, name="ffn")(RMSNorm(c.norm_eps, dtype, name="ffn_norm")(h))
+        if self.moe_layer:
+            ffn = MoeFeedForward(c.moe, dtype, self.mesh, name="moe")
+        else:
+            ffn = SwiGLU(hidden_dim_of(c), dtype, name="ffn")
+        out = h + ffn(RMSNorm(c.norm_eps, dtype, name="ffn_norm")(h))
         return out.astype(x.dtype), new_cache
+
+
+class BlockGroup(nn.Module):
+    """`moe.every_k_layers` = k consecutive layers, k − 1 dense and the last one MoE: the unit that
+    is scanned when MoE layers are interleaved. The per-layer cache arrives as `[k, ...]`."""
+
+    config: Any
+    mesh: Any = None
+
+    @nn.compact
+    def __call__(self, x, layer_cache, positions, segment_ids):
+        every = moe_every(self.config)
+        new_caches = []
+        for j in range(every):
+            cache_j = None if layer_cache is None else (layer_cache[0][j], layer_cache[1][j])
+            x, new_cache = Block(self.config, j == every - 1, self.mesh, name=f"block_{j}")(
+                x, cache_j, positions, segment_ids)
+            new_caches.append(new_cache)
+        if layer_cache is None:
+            return x, None
+        return x, tuple(jnp.stack([c[i] for c in new_caches]) for i in range(2))
 
 
 REMAT_POLICIES = {
@@ -54,28 +107,42 @@ REMAT_POLICIES = {
 }
 
 
-def scanned_blocks(config, num_layers: int, name: str):
-    """`num_layers` copies of `Block`, rematerialised per `config.remat`, as one `nn.scan`."""
-    block = Block
+def scanned_blocks(config, mesh, name: str):
+    """The layers, rematerialised per `config.remat`, as one `nn.scan`: over `Block`s, or over
+    `BlockGroup`s of `moe.every_k_layers` layers when MoE layers are interleaved with dense ones."""
+    every = moe_every(config)
+    if every > 1:
+        unit, args, length = BlockGroup, (config, mesh), config.num_layers // every
+    else:
+        unit, args, length = Block, (config, every == 1, mesh), config.num_layers
     if config.remat != "none":
-        block = nn.remat(Block, policy=REMAT_POLICIES[config.remat], prevent_cse=False)
+        unit = nn.remat(unit, policy=REMAT_POLICIES[config.remat], prevent_cse=False)
     return nn.scan(
-        block,
-        variable_axes={"params": 0},
-        split_rngs={"params": True},
+        unit,
+        variable_axes={"params": 0, MOE_COLLECTION: 0},
+        split_rngs={"params": True, "jitter": True},
         in_axes=(0, nn.broadcast, nn.broadcast),
-        length=num_layers,
+        length=length,
         metadata_params={nn.PARTITION_NAME: "layers"},
-    )(config, name=name)
+    )(*args, name=name)
 
 
-def unrolled_blocks(config, x, layer_cache, positions, segment_ids):
+def scanned_cache(config, layer_cache):
+    """The per-layer cache `[L, ...]` as the scan consumes it: `[L / k, k, ...]` for groups of k."""
+    every = moe_every(config)
+    if layer_cache is None or every <= 1:
+        return layer_cache
+    return tuple(c.reshape(c.shape[0] // every, every, *c.shape[1:]) for c in layer_cache)
+
+
+def unrolled_blocks(config, mesh, x, layer_cache, positions, segment_ids):
     """The blocks one after another as `layers_<i>`; the per-layer caches restacked."""
     block = nn.remat(Block, policy=REMAT_POLICIES[config.remat], prevent_cse=True) if config.remat != "none" else Block
     new_caches = []
     for i in range(config.num_layers):
         cache_i = None if layer_cache is None else (layer_cache[0][i], layer_cache[1][i])
-        x, new_cache = block(config, name=f"layers_{i}")(x, cache_i, positions, segment_ids)
+        x, new_cache = block(config, is_moe_layer(config, i), mesh, name=f"layers_{i}")(
+            x, cache_i, positions, segment_ids)
         new_caches.append(new_cache)
     if layer_cache is None:
         return x, None
@@ -83,17 +150,30 @@ def unrolled_blocks(config, x, layer_cache, positions, segment_ids):
 
 
 def unstack_layers(params):
-    """Stacked block parameters `{"layers": [L, ...]}` → `{"layers_0": ..., "layers_{L-1}": ...}`."""
+    """Stacked block parameters `{"layers": [L, ...]}` → `{"layers_0": ..., "layers_{L-1}": ...}`
+    (groups `{"layers": {"block_<j>": [L/k, ...]}}` → layer g·k + j)."""
     stacked = params["layers"]
-    num_layers = jax.tree.leaves(stacked)[0].shape[0]
     rest = {k: v for k, v in params.items() if k != "layers"}
-    return {**rest, **{f"layers_{i}": jax.tree.map(lambda p, i=i: p[i], stacked) for i in range(num_layers)}}
+    if "block_0" in stacked:
+        every = len(stacked)
+        groups = jax.tree.leaves(stacked)[0].shape[0]
+        layers = {f"layers_{g * every + j}": jax.tree.map(lambda p, g=g: p[g], stacked[f"block_{j}"])
+                  for g in range(groups) for j in range(every)}
+    else:
+        num_layers = jax.tree.leaves(stacked)[0].shape[0]
+        layers = {f"layers_{i}": jax.tree.map(lambda p, i=i: p[i], stacked) for i in range(num_layers)}
+    return {**rest, **layers}
 
 
 class Llama(nn.Module):
-    """The LLaMA-2 decoder. `config` is `config.model` (see configs/llama2.py)."""
+    """The LLaMA-2 decoder. `config` is `config.model` (see configs/llama2.py).
+
+    `mesh` (optional) is the device mesh of a sharded run; the layers that partition work by hand
+    (ring attention over `context`, experts over `expert`) use it.
+    """
 
     config: Any
+    mesh: Any = None
 
     @nn.compact
     def __call__(self, tokens, *, positions=None, segment_ids=None, cache=None, decode=False):
@@ -113,12 +193,22 @@ class Llama(nn.Module):
             positions = jnp.broadcast_to(positions, tokens.shape)
         embedding = param_with_axes(
             self, "embed", nn.initializers.normal(stddev=1.0), (c.vocab_size, c.dim), ("vocab", "embed"))
+        ring = uses_ring_attention(c.attention_impl, self.mesh) and not decode
+        if ring:
+            order = zigzag_order(tokens.shape[1], context_parallel_size(self.mesh))
+            tokens, positions = tokens[:, order], positions[:, order]
+            segment_ids = None if segment_ids is None else segment_ids[:, order]
         x = jnp.take(embedding, tokens, axis=0).astype(dtype)
         layer_cache = (cache["k"], cache["v"]) if decode else None
         if c.scan_layers:
-            x, new_layer_cache = scanned_blocks(c, c.num_layers, "layers")(x, layer_cache, positions, segment_ids)
+            x, new_layer_cache = scanned_blocks(c, self.mesh, "layers")(
+                x, scanned_cache(c, layer_cache), positions, segment_ids)
+            if new_layer_cache is not None:
+                new_layer_cache = tuple(k.reshape(-1, *k.shape[-4:]) for k in new_layer_cache)
         else:
-            x, new_layer_cache = unrolled_blocks(c, x, layer_cache, positions, segment_ids)
+            x, new_layer_cache = unrolled_blocks(c, self.mesh, x, layer_cache, positions, segment_ids)
+        if ring:
+            x = x[:, np.argsort(order)]
         x = RMSNorm(c.norm_eps, dtype, name="norm")(x)
         w_out = param_with_axes(
             self, "lm_head", nn.initializers.normal(stddev=c.dim**-0.5), (c.dim, c.vocab_size), ("embed", "vocab"))

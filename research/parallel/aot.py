@@ -169,13 +169,13 @@ def mesh_sizes(config, tpu_slice: TpuSlice) -> dict:
 
 
 def check_batch_divides(config, sizes: dict) -> None:
-    """Every micro-batch's rows must split evenly over data × fsdp, its sequence over context."""
-    shards = sizes["data"] * sizes["fsdp"]
+    """Every micro-batch's rows must split evenly over data × fsdp × expert, its sequence over context."""
+    shards = sizes["data"] * sizes["fsdp"] * sizes.get("expert", 1)
     micro_batch = config.train.batch_size // config.train.grad_accum_steps
     if micro_batch % shards:
         raise ValueError(f"config field train.batch_size: {config.train.batch_size} sequences in "
                          f"{config.train.grad_accum_steps} micro-batch(es) of {micro_batch} do not divide over "
-                         f"data × fsdp = {shards} batch shards")
+                         f"data × fsdp × expert = {shards} batch shards")
     context = sizes.get("context", 1)
     if config.train.seq_len % context:
         raise ValueError(f"config field train.seq_len: {config.train.seq_len} does not divide over context = {context}")
@@ -210,7 +210,7 @@ def abstract_training(config, devices) -> AbstractTraining:
     except NotImplementedError as error:  # mesh_utils cannot map the axes onto the torus
         raise ValueError(f"config.mesh {dict(config.mesh)} cannot be laid out on these TPU devices: {error}") from None
     check_batch_divides(config, mesh.shape)
-    model = make_model(config.model)
+    model = make_model(config.model, mesh)
     optimizer = make_optimizer(config.optimizer, config.train.steps)
     state, shardings = sharded_abstract_state(make_init_state(model, optimizer, 1), mesh, jax.eval_shape(jax.random.key, 0))
     check_state_divides(state, mesh)

@@ -26,7 +26,7 @@ CONTEXT_AXIS = "context"
 # heads/mlp/vocab over tensor (Megatron), experts over expert. Activations: batch, seq.
 # Rules that name an axis a mesh lacks mean "replicated" on that mesh (`rules_for`).
 LOGICAL_AXIS_RULES = (
-    ("batch", ("data", "fsdp")),
+    ("batch", ("data", "fsdp", "expert")),
     ("embed", "fsdp"),
     ("vocab", "tensor"),
     ("heads", "tensor"),
@@ -88,6 +88,16 @@ def rules_for(mesh: Mesh):
     return tuple((logical, present(physical)) for logical, physical in LOGICAL_AXIS_RULES)
 
 
+def mesh_axes_for(logical: str, mesh: Mesh):
+    """The mesh axes (a tuple, a name or None) that logical axis `logical` maps to on `mesh`."""
+    return dict(rules_for(mesh))[logical]
+
+
+def context_parallel_size(mesh: Mesh | None) -> int:
+    """How many devices split each sequence (the `context` axis); 1 without a mesh or that axis."""
+    return 1 if mesh is None else dict(mesh.shape).get(CONTEXT_AXIS, 1)
+
+
 def logical_to_sharding(logical_specs, mesh: Mesh):
     """Maps a pytree of logical `PartitionSpec`s to `NamedSharding`s on `mesh`."""
     return nn.logical_to_mesh_sharding(logical_specs, mesh, rules_for(mesh))
@@ -104,10 +114,11 @@ def sharded_abstract_state(init_state, mesh: Mesh, key):
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis over `data` × `fsdp`, the sequence axis over `context` if the mesh has it."""
+    """Leading (batch) axis over `data` × `fsdp` × `expert` (outside the experts, the expert axis is
+    one more data axis), the sequence axis over `context` if the mesh has it."""
     if CONTEXT_AXIS in mesh.axis_names:
-        return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), CONTEXT_AXIS))
-    return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+        return NamedSharding(mesh, PartitionSpec(mesh_axes_for("batch", mesh), CONTEXT_AXIS))
+    return NamedSharding(mesh, PartitionSpec(mesh_axes_for("batch", mesh)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

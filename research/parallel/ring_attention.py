@@ -58,24 +58,35 @@ def zigzag_order(seq_len: int, num_shards: int) -> np.ndarray:
 
 
 def ring_attention(q, k, v, mesh, *, axis_name="context", causal=True, segment_ids=None, sm_scale=None,
-                   block_q=128, block_k=128, interpret=None):
+                   block_q=128, block_k=128, interpret=None, layout="sequence", batch_axes=None, head_axis=None):
     """Exact attention of q [b, s, h, d] over k, v [b, s, kv_h, d] with the sequence split over the
-    mesh axis `axis_name` (arrays in sequence order; the zig-zag layout is applied and undone here).
+    mesh axis `axis_name`.
 
-    Returns [b, s, h, d]; equal to `flash_attention(q, k, v, causal=causal, segment_ids=segment_ids)`.
-    Raises ValueError if s is not divisible by twice the axis size.
+    layout: "sequence" — arrays in sequence order; the zig-zag layout is applied and undone here
+      (two gathers along the sequence per call). "zigzag" — arrays already in zig-zag order
+      (`zigzag_order`), as a model that permutes its tokens once at the input passes them.
+    batch_axes, head_axis: mesh axes that split the batch and the heads (None: replicated), so
+      arrays sharded that way enter the ring without being gathered.
+
+    Returns [b, s, h, d] in the input layout; equal to
+    `flash_attention(q, k, v, causal=causal, segment_ids=segment_ids)` in sequence order.
+    Raises ValueError if s is not divisible by twice the axis size or the layout is unknown.
     """
     if axis_name not in mesh.shape:
         raise ValueError(f"axis_name {axis_name!r} is not an axis of the mesh {dict(mesh.shape)}")
+    if layout not in ("sequence", "zigzag"):
+        raise ValueError(f"layout={layout!r} is not 'sequence' or 'zigzag'")
     order = zigzag_order(q.shape[1], mesh.shape[axis_name])
-    inverse = np.argsort(order)
     shard = functools.partial(ring_attention_shard, axis_name=axis_name, causal=causal, sm_scale=sm_scale,
                               block_q=block_q, block_k=block_k, interpret=interpret)
-    seq_spec = P(None, axis_name)
-    mapped = jax.shard_map(shard, mesh=mesh, in_specs=(seq_spec, seq_spec, seq_spec, seq_spec),
-                           out_specs=seq_spec, check_vma=False)
+    heads_spec = P(batch_axes, axis_name, head_axis)
+    ids_spec = P(batch_axes, axis_name)
+    mapped = jax.shard_map(shard, mesh=mesh, in_specs=(heads_spec, heads_spec, heads_spec, ids_spec),
+                           out_specs=heads_spec, check_vma=False)
+    if layout == "zigzag":
+        return mapped(q, k, v, segment_ids)
     ids = None if segment_ids is None else segment_ids[:, order]
-    return mapped(q[:, order], k[:, order], v[:, order], ids)[:, inverse]
+    return mapped(q[:, order], k[:, order], v[:, order], ids)[:, np.argsort(order)]
 
 
 def ring_attention_shard(q, k, v, segment_ids=None, *, axis_name, causal=True, sm_scale=None, block_q=128,

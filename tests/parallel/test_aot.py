@@ -74,7 +74,7 @@ def test_libtpu_describes_the_devices_of_a_slice():
 
 @pytest.mark.parametrize("name, overrides, message", [
     ("v5e-4", ("mesh.data=8",), "v5e-4 has 4 chips: config.mesh .* needs 8 devices"),
-    ("v5e-4", ("train.batch_size=6",), "train.batch_size: 6 sequences .* do not divide over data × fsdp = 4"),
+    ("v5e-4", ("train.batch_size=6",), "train.batch_size: 6 sequences .* do not divide over data × fsdp × expert = 4"),
     ("v5e-4", ("mesh.data=2", "mesh.tensor=2"), r"state leaf .*\['k'\].* not divisible by mesh axes \('tensor',\)"),
     ("v5e-16", ("mesh.data=1", "mesh.fsdp=8", "mesh.tensor=2"), "cannot be laid out on these TPU devices"),
 ])

@@ -40,5 +40,5 @@ def test_logical_axes_map_fsdp_and_megatron_style():
     assert shardings["q"].spec == P(None, "fsdp", "tensor", None)
     assert shardings["down"].spec == P(None, "tensor", "fsdp")
     assert shardings["embed"].spec == P("tensor", "fsdp")
-    assert shardings["batch"].spec == P(("data", "fsdp"), None)
+    assert shardings["batch"].spec == P(("data", "fsdp", "expert"), None)
     assert {name for name, _ in LOGICAL_AXIS_RULES} >= {"embed", "mlp", "heads", "kv_heads", "vocab", "expert"}

@@ -102,5 +102,5 @@ def test_context_axis_joins_the_project_mesh_only_when_set():
     sizes = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "expert": 1, "context": 4})
     assert mesh_shape(sizes, 8) == (2, 1, 4, 1, 1)
     assert make_mesh(ml_collections.ConfigDict({"data": -1, "context": 1})).axis_names == MESH_AXES
-    assert logical_to_sharding({"x": P("batch", "seq")}, mesh)["x"].spec == P(("data", "fsdp"), "context")
-    assert batch_sharding(mesh).spec == P(("data", "fsdp"), "context")
+    assert logical_to_sharding({"x": P("batch", "seq")}, mesh)["x"].spec == P(("data", "fsdp", "expert"), "context")
+    assert batch_sharding(mesh).spec == P(("data", "fsdp", "expert"), "context")

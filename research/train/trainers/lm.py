@@ -3,6 +3,10 @@
 Loss: the mean over real target tokens of −log p(x_{t+1} | x_≤t), with packed documents
 kept apart by `segment_ids`. A step of `grad_accum_steps` micro-batches sums the
 micro-batch gradients of Σ w·nll / Σ_batch w, so it equals one step on the whole batch.
+
+Mixture-of-experts models add their auxiliary losses (research/train/moe_aux.py) to the objective,
+each micro-batch's weighted by its share of the batch's tokens, Σ_m w / Σ_batch w; the logged
+`loss` stays the NLL, and the MoE metrics are the same token-weighted means.
 """
 
 import functools
@@ -19,18 +23,22 @@ from research.models import count_params, make_model
 from research.optim import make_optimizer, make_schedule
 from research.parallel.grad_sync import data_parallel
 from research.train.flops import flops_per_token
+from research.models.moe import MOE_COLLECTION
 from research.train.losses import weighted_nll_sum
+from research.train.moe_aux import METRICS, auxiliary_loss, layer_statistics, moe_metrics
 from research.train.state import TrainState
 from research.train.task import Task
 
 MODEL_INPUTS = ("inputs", "positions", "segment_ids")
 
 
-def loss_sums(model, params, batch):
-    """(Σ w·nll, Σ w) of one (micro-)batch."""
-    logits = model.apply({"params": params}, batch["inputs"], positions=batch["positions"],
-                         segment_ids=batch["segment_ids"])
-    return weighted_nll_sum(logits, batch["targets"], batch["weights"])
+def loss_sums(model, params, batch, rng=None):
+    """(Σ w·nll, Σ w, per-layer MoE statistics) of one (micro-)batch; `rng` drives router jitter."""
+    logits, variables = model.apply(
+        {"params": params}, batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"],
+        rngs={} if rng is None else {"jitter": rng}, mutable=[MOE_COLLECTION])
+    nll_sum, weight = weighted_nll_sum(logits, batch["targets"], batch["weights"])
+    return nll_sum, weight, layer_statistics(variables.get(MOE_COLLECTION, {}))
 
 
 def split_microbatches(batch: dict, num_micro: int) -> dict:
@@ -41,25 +49,34 @@ def split_microbatches(batch: dict, num_micro: int) -> dict:
     return jax.tree.map(lambda x: x.reshape(x.shape[0] // num_micro, num_micro, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
-def accumulated_gradients(model, params, batch, total_weight, num_micro: int):
-    """(loss, grads) of `batch` as the sum over micro-batches of ∇(Σ_m w·nll / W),
-    W = `total_weight` (the whole global batch's, so partial results add up)."""
+def accumulated_gradients(model, params, batch, total_weight, rng, num_micro: int):
+    """(loss, grads, metrics) of `batch`: sums over micro-batches of Σ_m w·nll / W, of the gradient
+    of that plus the micro-batch's share Σ_m w / W of the MoE auxiliary loss, and of the MoE metrics
+    weighted by the same share. W = `total_weight` (the whole global batch's, so partial results
+    add up, also across data-parallel shards)."""
+    moe = model.config.get("moe")
 
-    def micro_loss(p, micro):
-        nll_sum, _ = loss_sums(model, p, micro)
-        return nll_sum / total_weight
+    def micro_objective(p, micro, micro_rng):
+        nll_sum, weight, statistics = loss_sums(model, p, micro, micro_rng)
+        share = weight / total_weight
+        loss = nll_sum / total_weight
+        metrics = {name: share * value for name, value in moe_metrics(statistics).items()}
+        return loss + share * auxiliary_loss(statistics, moe), (loss, metrics)
 
-    grad_fn = jax.value_and_grad(micro_loss)
+    grad_fn = jax.grad(micro_objective, has_aux=True)
     if num_micro == 1:
-        return grad_fn(params, batch)
+        grads, (loss, metrics) = grad_fn(params, batch, rng)
+        return loss, grads, metrics
 
-    def accumulate(carry, micro):
-        loss, grads = grad_fn(params, micro)
-        return jax.tree.map(jnp.add, carry, (loss, grads)), None
+    def accumulate(carry, micro_and_rng):
+        grads, (loss, metrics) = grad_fn(params, *micro_and_rng)
+        return jax.tree.map(jnp.add, carry, (loss, grads, metrics)), None
 
-    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-    (loss, grads), _ = jax.lax.scan(accumulate, zeros, split_microbatches(batch, num_micro))
-    return loss, grads
+    zero = jnp.zeros((), jnp.float32)
+    zeros = (zero, jax.tree.map(jnp.zeros_like, params), {name: zero for name in (METRICS if moe else ())})
+    rngs = jax.random.split(rng, num_micro)
+    (loss, grads, metrics), _ = jax.lax.scan(accumulate, zeros, (split_microbatches(batch, num_micro), rngs))
+    return loss, grads, metrics
 
 
 def make_init_state(model, optimizer, seq_len: int):
@@ -79,12 +96,11 @@ def make_train_step(model, optimizer, schedule, num_micro: int, mesh=None, grad_
                               grad_reduce)
 
     def train_step(state, batch, rng):
-        del rng  # the LLaMA model has no dropout
         total_weight = jnp.maximum(jnp.sum(batch["weights"].astype(jnp.float32)), 1.0)
-        loss, grads = gradients(state.params, batch, total_weight)
+        loss, grads, moe = gradients(state.params, batch, total_weight, rng)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step)}
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step), **moe}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
@@ -96,18 +112,22 @@ def build(config, mesh) -> Task:
     if tokenizer.vocab_size > config.model.vocab_size:
         raise ValueError(f"config field model.vocab_size: {config.model.vocab_size} is smaller than the "
                          f"tokenizer's vocabulary ({tokenizer.vocab_size})")
-    model = make_model(config.model)
+    model = make_model(config.model, mesh)
     train_cfg = config.train
     optimizer = make_optimizer(config.optimizer, train_cfg.steps)
     schedule = make_schedule(config.optimizer, train_cfg.steps)
 
     def eval_step(params, batch):
-        nll_sum, weight = loss_sums(model, params, batch)
-        return {"nll_sum": nll_sum, "tokens": weight}
+        nll_sum, weight, statistics = loss_sums(model, params, batch)
+        weighted = {f"{name}_sum": weight * value for name, value in moe_metrics(statistics).items()}
+        return {"nll_sum": nll_sum, "tokens": weight, **weighted}
 
     def summarize_eval(sums):
-        loss = float(sums["nll_sum"]) / max(float(sums["tokens"]), 1.0)
-        return {"loss": loss, "perplexity": float(np.exp(loss))}
+        tokens = max(float(sums["tokens"]), 1.0)
+        loss = float(sums["nll_sum"]) / tokens
+        moe = {name.removesuffix("_sum"): float(value) / tokens for name, value in sums.items()
+               if name.startswith("moe_")}
+        return {"loss": loss, "perplexity": float(np.exp(loss)), **moe}
 
     def batches(split, num_epochs, seed):
         return make_lm_batches(
