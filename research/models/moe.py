@@ -33,7 +33,9 @@ with f_i = (top-k selections of expert i) / (T·k) and P_i = mean over tokens of
     dropped_fraction = dropped assignments / (T·k)  (0 for "dropless").
 
 Expert parallelism (`mesh` with an `expert` axis of size ep; E must be divisible by ep). Any mesh takes
-this path, ep = 1 included, so that each device dispatches only its own tokens. The router
+this path, ep = 1 included, so that each device dispatches only its own tokens, whenever the tokens
+split evenly over the devices (`runs_expert_parallel`; the one-row batch that initialises the model
+takes the plain path). The router
 and the statistics run outside any shard_map on the whole token batch, so GSPMD shards them like any
 other op and the statistics are the global ones by construction. The expert computation is one
 `jax.shard_map` over the mesh:
@@ -265,14 +267,26 @@ def expert_axis_size(mesh) -> int:
     return 1 if mesh is None else dict(mesh.shape).get(EXPERT_AXIS, 1)
 
 
+def token_axes_of(mesh) -> tuple[str, ...]:
+    """The mesh axes that split the tokens inside the expert-parallel shard_map."""
+    return tuple(axis for axis in TOKEN_AXES if axis in mesh.axis_names)
+
+
+def runs_expert_parallel(mesh, num_tokens: int) -> bool:
+    """Whether the experts run as the expert-parallel shard_map: on a mesh with an `expert` axis
+    (size 1 too: each device then dispatches only its own tokens) when the tokens split evenly over
+    the token axes. Otherwise (no mesh, or the one-row batch that initialises the model) the plain
+    jnp path runs and GSPMD partitions it."""
+    if mesh is None or EXPERT_AXIS not in mesh.axis_names:
+        return False
+    return num_tokens % math.prod(mesh.shape[axis] for axis in token_axes_of(mesh)) == 0
+
+
 def expert_parallel_experts(tokens, weights, experts, expert_weights: ExpertWeights, moe, dtype, mesh):
-    """`local_routed_experts` as one shard_map over `mesh` (module docstring: Expert parallelism)."""
-    token_axes = tuple(axis for axis in TOKEN_AXES if axis in mesh.axis_names)
+    """`local_routed_experts` as one shard_map over `mesh` (module docstring: Expert parallelism);
+    the tokens must split evenly over `token_axes_of(mesh)`."""
+    token_axes = token_axes_of(mesh)
     tensor_axis = TENSOR_AXIS if TENSOR_AXIS in mesh.axis_names else None
-    num_groups = math.prod(mesh.shape[axis] for axis in token_axes)
-    if tokens.shape[0] % num_groups:
-        raise ValueError(f"MoE expert parallelism splits the batch·seq = {tokens.shape[0]} tokens over the "
-                         f"{num_groups} devices of mesh axes {token_axes}; it must be divisible")
     tensor_size = mesh.shape[tensor_axis] if tensor_axis else 1
     if moe.expert_hidden_dim % tensor_size:
         raise ValueError(f"moe.expert_hidden_dim={moe.expert_hidden_dim} is not divisible by mesh.tensor={tensor_size}")
@@ -325,7 +339,7 @@ class MoeFeedForward(nn.Module):
         weights, experts = route(logits, moe.top_k, moe.router, moe.renormalize)
 
         tokens = x.reshape(batch * seq, dim).astype(self.dtype)
-        if self.mesh is not None and EXPERT_AXIS in self.mesh.axis_names:  # ep = 1 too: local sorting
+        if runs_expert_parallel(self.mesh, batch * seq):
             out, num_dropped = expert_parallel_experts(tokens, weights, experts, expert_weights, moe, self.dtype,
                                                        self.mesh)
         else:
