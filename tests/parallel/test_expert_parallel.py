@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from research.models.moe import MOE_COLLECTION, MoeFeedForward
+from research.models.moe import MOE_COLLECTION, MoeFeedForward, runs_expert_parallel
 from research.parallel.mesh import batch_sharding, logical_to_sharding, make_mesh
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
@@ -88,7 +88,11 @@ def test_expert_parallel_rejects_experts_not_divisible_by_the_expert_axis():
         MoeFeedForward(config, mesh=mesh_of(data=2, expert=4)).init(jax.random.key(0), jnp.zeros((8, 4, 16)))
 
 
-def test_expert_parallel_needs_the_tokens_to_split_over_the_devices():
-    layer = MoeFeedForward(moe_config("capacity"), mesh=mesh_of(data=2, expert=4))
-    with pytest.raises(ValueError, match="batch·seq = 4 tokens over the 8 devices"):
-        layer.init(jax.random.key(0), jnp.zeros((1, 4, 16)))
+def test_tokens_that_do_not_split_over_the_devices_take_the_plain_path():
+    mesh = mesh_of(data=2, expert=4)
+    assert runs_expert_parallel(mesh, 8) and not runs_expert_parallel(mesh, 4) and not runs_expert_parallel(None, 8)
+    x = jax.random.normal(jax.random.key(1), (1, 4, 16))
+    sharded = MoeFeedForward(moe_config("capacity"), mesh=mesh)
+    variables = sharded.init(jax.random.key(0), x)  # the one-row batch that initialises a model
+    np.testing.assert_allclose(sharded.apply(variables, x), MoeFeedForward(moe_config("capacity")).apply(variables, x),
+                               rtol=1e-6, atol=1e-6)
