@@ -20,15 +20,15 @@ Implementations:
 Speed-ups compare each baseline with the fastest Pallas block shape at that length. Before timing,
 the Pallas forward and gradients are checked against the float32 reference on this device (causal
 and not, grouped-query heads, packed segments, a length that is not a multiple of the block); the
-largest absolute errors go in the table. A program that runs out of memory is reported as OOM. Imports only jax and pallas_kernels, so it
-runs on a bare accelerator image. On CPU the Pallas kernels run in the interpreter: such numbers
-only show that the script works, not how fast the kernels are.
+largest absolute errors go in the table. A program that runs out of memory is reported as OOM.
+Imports only jax, pallas_kernels and scripts/hardware.py, so it runs on a bare accelerator image.
+On CPU the Pallas kernels run in the interpreter: such numbers only show that the script works,
+not how fast the kernels are.
 """
 
 import argparse
 import functools
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +38,7 @@ import jax.numpy as jnp
 
 from pallas_kernels.attention_reference import attention_reference
 from pallas_kernels.flash_attention import flash_attention
+from scripts.hardware import describe_hardware
 
 HEAD_DIM = 128
 GOAL_SEQ = 4096  # the issue's goal: at seq 4096, causal, forward ≥ 0.8× cuDNN and ≥ 3× the XLA reference
@@ -171,10 +172,8 @@ def measure(args) -> list[dict]:
 
 
 def hardware() -> str:
-    device = jax.devices()[0]
-    if device.platform == "cpu":
-        return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), Pallas in interpret mode"
-    return f"{jax.device_count()} × {device.device_kind} ({device.platform})"
+    interpreted = ", Pallas in interpret mode" if jax.default_backend() == "cpu" else ""
+    return describe_hardware() + interpreted
 
 
 def milliseconds(seconds):
