@@ -49,7 +49,7 @@ def measure(config, steps: int, batch: int, seq: int, peak: float) -> dict:
         state, metrics = step_fn(state, data, jax.random.key(2))
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / steps
-    matmul_params = count_params(config.model)["total"] - config.model.vocab_size * config.model.dim
+    matmul_params = count_params(config.model)["active"] - config.model.vocab_size * config.model.dim
     flops = batch * seq * flops_per_token(config.model, seq, matmul_params)
     return {"tokens_per_s": batch * seq / seconds, "mfu": flops / seconds / peak, "step_ms": 1e3 * seconds}
 

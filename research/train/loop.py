@@ -69,6 +69,11 @@ class Throughput:
         else:
             self.steps += 1
 
+    def exclude(self, seconds: float) -> None:
+        """Leaves `seconds` of other work (evaluation, checkpointing) out of the current window."""
+        if self.start is not None:
+            self.start += seconds
+
     def read(self) -> dict:
         if not self.steps:
             return {}
@@ -130,12 +135,14 @@ def train(config, workdir: str, *, devices=None) -> dict:
                 writer.write(step, last_metrics)
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{last_metrics.get('tokens_per_s', 0):.0f}",
                                 mfu=f"{last_metrics.get('mfu', 0):.1%}")
+            other_work_started = time.perf_counter()
             if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < train_cfg.steps:
                 eval_metrics = evaluate(task, eval_step, state.params, train_cfg.eval_batches, data_sharding)
                 writer.write(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
             if train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0:
                 checkpointer.save(step, state, task.train_batches.get_state())
                 last_saved = step
+            throughput.exclude(time.perf_counter() - other_work_started)
         if last_saved != step:
             checkpointer.save(step, state, task.train_batches.get_state())
         eval_metrics = evaluate(task, eval_step, state.params, train_cfg.eval_batches, data_sharding)

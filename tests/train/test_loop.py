@@ -112,3 +112,15 @@ def test_incompatible_checkpoint_names_the_parameter_and_overwrites_nothing(tiny
     after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
     assert before == after
 
+
+
+def test_throughput_leaves_evaluation_and_checkpoint_time_out(monkeypatch):
+    from research.train import loop
+
+    throughput = loop.Throughput(tokens_per_step=100, flops_per_step=1.0, peak_flops=1.0)
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: 0.0)
+    for _ in range(4):  # the first tick starts the window: 3 timed steps
+        throughput.tick()
+    throughput.exclude(4.0)  # of the 10 s until the reading, 4 went to evaluation
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: 10.0)
+    assert throughput.read()["tokens_per_s"] == 3 * 100 / 6.0
