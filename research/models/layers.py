@@ -6,7 +6,6 @@ logical axis names (`embed`, `mlp`, `heads`, `kv_heads`, `head_dim`, `vocab`);
 `dtype`; norms and the softmax run in float32.
 """
 
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -15,7 +14,7 @@ import jax.numpy as jnp
 
 from pallas_kernels.decode_attention import decode_attention
 from pallas_kernels.flash_attention import flash_attention
-from research.parallel.mesh import CONTEXT_AXIS, context_parallel_size, mesh_axes_for
+from research.parallel.mesh import CONTEXT_AXIS, constrain, context_parallel_size, dividing_mesh_axes
 from research.parallel.ring_attention import ring_attention
 
 Dtype = Any
@@ -74,6 +73,7 @@ class SwiGLU(nn.Module):
 
     hidden_dim: int
     dtype: Dtype = jnp.float32
+    mesh: Any = None  # pins the [batch, seq, hidden] activations (research.parallel.mesh.constrain)
 
     @nn.compact
     def __call__(self, x):
@@ -87,7 +87,8 @@ class SwiGLU(nn.Module):
         x = x.astype(self.dtype)
         gate = jnp.einsum("bsd,dh->bsh", x, w_gate.astype(self.dtype))
         up = jnp.einsum("bsd,dh->bsh", x, w_up.astype(self.dtype))
-        return jnp.einsum("bsh,hd->bsd", nn.silu(gate) * up, w_down.astype(self.dtype))
+        hidden = constrain(nn.silu(gate) * up, ("batch", "seq", "mlp"), self.mesh)
+        return jnp.einsum("bsh,hd->bsd", hidden, w_down.astype(self.dtype))
 
 
 def attention_mask(q_positions, kv_positions, q_segment_ids=None, kv_segment_ids=None, *, causal=True):
@@ -157,8 +158,9 @@ class Attention(nn.Module):
         q = jnp.einsum("bsd,dhk->bshk", x, w_q.astype(self.dtype))
         k = jnp.einsum("bsd,dhk->bshk", x, w_k.astype(self.dtype))
         v = jnp.einsum("bsd,dhk->bshk", x, w_v.astype(self.dtype))
-        q = apply_rope(q, positions, self.rope_theta)
-        k = apply_rope(k, positions, self.rope_theta)
+        q = constrain(apply_rope(q, positions, self.rope_theta), ("batch", "seq", "heads", None), self.mesh)
+        k = constrain(apply_rope(k, positions, self.rope_theta), ("batch", "seq", "kv_heads", None), self.mesh)
+        v = constrain(v, ("batch", "seq", "kv_heads", None), self.mesh)
         if cache is None:
             out = attention(q, k, v, positions, positions, segment_ids, segment_ids, impl=self.attention_impl,
                             mesh=self.mesh)
@@ -200,8 +202,8 @@ def attention(q, k, v, q_positions, kv_positions, q_segment_ids=None, kv_segment
     _check_impl(impl, q.dtype)
     if impl == "ring" and uses_ring_attention(impl, mesh):
         return ring_attention(q, k, v, mesh, axis_name=CONTEXT_AXIS, causal=True, segment_ids=q_segment_ids,
-                              layout="zigzag", batch_axes=dividing_axes(mesh, "batch", q.shape[0]),
-                              head_axis=dividing_axes(mesh, "heads", k.shape[2]))
+                              layout="zigzag", batch_axes=dividing_mesh_axes(mesh, "batch", q.shape[0]),
+                              head_axis=dividing_mesh_axes(mesh, "heads", k.shape[2]))
     if impl in ("pallas", "ring"):
         return flash_attention(q, k, v, causal=True, segment_ids=q_segment_ids)
     if impl == "cudnn":
@@ -211,14 +213,6 @@ def attention(q, k, v, q_positions, kv_positions, q_segment_ids=None, kv_segment
         return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, implementation="cudnn")
     mask = attention_mask(q_positions, kv_positions, q_segment_ids, kv_segment_ids)
     return dot_product_attention(q, k, v, mask)
-
-
-def dividing_axes(mesh, logical: str, size: int):
-    """The mesh axes of logical axis `logical` if they split `size` evenly, else None (replicated):
-    e.g. the batch of one row that initialises the model."""
-    axes = mesh_axes_for(logical, mesh)
-    names = () if axes is None else (axes,) if isinstance(axes, str) else axes
-    return axes if size % math.prod(mesh.shape[name] for name in names) == 0 else None
 
 
 def uses_ring_attention(impl: str, mesh) -> bool:

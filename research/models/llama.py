@@ -32,7 +32,9 @@ import numpy as np
 
 from research.models.layers import Attention, RMSNorm, SwiGLU, llama_hidden_dim, param_with_axes, uses_ring_attention
 from research.models.moe import MOE_COLLECTION, MoeFeedForward
-from research.parallel.mesh import context_parallel_size
+from research.parallel.mesh import constrain, context_parallel_size
+
+ACTIVATION_AXES = ("batch", "seq", None)  # the residual stream [batch, seq, dim]: model width replicated
 from research.parallel.ring_attention import zigzag_order
 
 
@@ -74,9 +76,9 @@ class Block(nn.Module):
         if self.moe_layer:
             ffn = MoeFeedForward(c.moe, dtype, self.mesh, name="moe")
         else:
-            ffn = SwiGLU(hidden_dim_of(c), dtype, name="ffn")
+            ffn = SwiGLU(hidden_dim_of(c), dtype, self.mesh, name="ffn")
         out = h + ffn(RMSNorm(c.norm_eps, dtype, name="ffn_norm")(h))
-        return out.astype(x.dtype), new_cache
+        return constrain(out.astype(x.dtype), ACTIVATION_AXES, self.mesh), new_cache
 
 
 class BlockGroup(nn.Module):
@@ -198,7 +200,7 @@ class Llama(nn.Module):
             order = zigzag_order(tokens.shape[1], context_parallel_size(self.mesh))
             tokens, positions = tokens[:, order], positions[:, order]
             segment_ids = None if segment_ids is None else segment_ids[:, order]
-        x = jnp.take(embedding, tokens, axis=0).astype(dtype)
+        x = constrain(jnp.take(embedding, tokens, axis=0).astype(dtype), ACTIVATION_AXES, self.mesh)
         layer_cache = (cache["k"], cache["v"]) if decode else None
         if c.scan_layers:
             x, new_layer_cache = scanned_blocks(c, self.mesh, "layers")(
@@ -213,6 +215,7 @@ class Llama(nn.Module):
         w_out = param_with_axes(
             self, "lm_head", nn.initializers.normal(stddev=c.dim**-0.5), (c.dim, c.vocab_size), ("embed", "vocab"))
         logits = jnp.einsum("bsd,dv->bsv", x, w_out.astype(dtype), preferred_element_type=jnp.float32)
+        logits = constrain(logits, ("batch", "seq", "vocab"), self.mesh)
         if not decode:
             return logits
         k, v = new_layer_cache

@@ -349,5 +349,5 @@ class MoeFeedForward(nn.Module):
 
         out = out.reshape(batch, seq, dim)
         if moe.num_shared_experts > 0:
-            out = out + SwiGLU(moe.num_shared_experts * hidden, self.dtype, name="shared")(x)
+            out = out + SwiGLU(moe.num_shared_experts * hidden, self.dtype, self.mesh, name="shared")(x)
         return out

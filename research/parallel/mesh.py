@@ -93,6 +93,26 @@ def mesh_axes_for(logical: str, mesh: Mesh):
     return dict(rules_for(mesh))[logical]
 
 
+def dividing_mesh_axes(mesh: Mesh, logical: str | None, size: int):
+    """The mesh axes of logical axis `logical` if they split `size` evenly, else None (replicated):
+    e.g. the batch of one row that initialises the model."""
+    axes = None if logical is None else mesh_axes_for(logical, mesh)
+    names = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    return axes if size % math.prod(mesh.shape[name] for name in names) == 0 else None
+
+
+def constrain(x, logical_axes, mesh: Mesh | None):
+    """`x` pinned to the mesh axes its logical axes map to (None: replicated), where they split it
+    evenly; unchanged without a mesh. The model pins its activations so (batch over the data axes,
+    sequence over `context`, heads / FFN width / vocabulary over `tensor`, model width replicated),
+    as MaxText does: otherwise GSPMD may carry the weights' width-over-fsdp sharding into the
+    activations and keep whole batches on every chip."""
+    if mesh is None:
+        return x
+    spec = PartitionSpec(*(dividing_mesh_axes(mesh, name, size) for name, size in zip(logical_axes, x.shape)))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
 def context_parallel_size(mesh: Mesh | None) -> int:
     """How many devices split each sequence (the `context` axis); 1 without a mesh or that axis."""
     return 1 if mesh is None else dict(mesh.shape).get(CONTEXT_AXIS, 1)

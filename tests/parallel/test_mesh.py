@@ -3,6 +3,7 @@
 import jax
 import ml_collections
 import pytest
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from research.parallel.mesh import LOGICAL_AXIS_RULES, logical_to_sharding, make_mesh, mesh_shape
@@ -42,3 +43,37 @@ def test_logical_axes_map_fsdp_and_megatron_style():
     assert shardings["embed"].spec == P("tensor", "fsdp")
     assert shardings["batch"].spec == P(("data", "fsdp", "expert"), None)
     assert {name for name, _ in LOGICAL_AXIS_RULES} >= {"embed", "mlp", "heads", "kv_heads", "vocab", "expert"}
+
+
+def test_constrain_pins_the_dimensions_its_axes_divide_and_nothing_without_a_mesh():
+    import jax.numpy as jnp
+
+    from research.parallel.mesh import constrain
+
+    mesh = make_mesh(mesh_config(data=2, fsdp=2, tensor=2), jax.devices()[:8])
+    pinned = jax.jit(lambda x: constrain(x, ("batch", "seq", "heads", None), mesh))(jnp.zeros((8, 6, 4, 3)))
+    assert pinned.sharding.is_equivalent_to(NamedSharding(mesh, P(("data", "fsdp", "expert"), None, "tensor")), 4)
+    one_row = jax.jit(lambda x: constrain(x, ("batch", "seq", None), mesh))(jnp.zeros((1, 6, 3)))
+    assert one_row.sharding.is_equivalent_to(NamedSharding(mesh, P()), 3)  # a batch of one is not split
+    x = jnp.ones((2, 3))
+    assert constrain(x, ("batch", None), None) is x
+
+
+def test_the_model_keeps_its_activations_batch_sharded_under_pure_fsdp():
+    """With every weight's width split over fsdp, the logits still come out split by batch rows,
+    not by width: the model pins its activations (research/models/llama.py)."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    from research import config as config_lib
+    from research.models import make_model
+
+    config = config_lib.load("configs/llama2.py:tiny", ["model.dim=32", "model.num_layers=1", "model.num_heads=4",
+                                                        "model.num_kv_heads=2", "model.hidden_dim=48",
+                                                        "model.vocab_size=300", "data.tokenizer=byte"])
+    mesh = make_mesh(mesh_config(data=1, fsdp=8), jax.devices()[:8])
+    model = make_model(config.model, mesh)
+    tokens = jnp.zeros((8, 16), jnp.int32)
+    params = nn.meta.unbox(model.init(jax.random.key(0), tokens)["params"])
+    logits = jax.jit(lambda p, t: model.apply({"params": p}, t))(params, tokens)
+    assert logits.sharding.is_equivalent_to(NamedSharding(mesh, P(("data", "fsdp", "expert"))), 3)

@@ -112,7 +112,9 @@ def build(config, mesh) -> Task:
     if tokenizer.vocab_size > config.model.vocab_size:
         raise ValueError(f"config field model.vocab_size: {config.model.vocab_size} is smaller than the "
                          f"tokenizer's vocabulary ({tokenizer.vocab_size})")
-    model = make_model(config.model, mesh)
+    # Inside the data-parallel shard_map of a hand-rolled gradient reduction the model sees its own
+    # rows only (that mesh is data-parallel alone), so it gets no mesh to pin activations to.
+    model = make_model(config.model, mesh if config.parallel.grad_reduce == "auto" else None)
     train_cfg = config.train
     optimizer = make_optimizer(config.optimizer, train_cfg.steps)
     schedule = make_schedule(config.optimizer, train_cfg.steps)
