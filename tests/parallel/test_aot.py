@@ -76,7 +76,6 @@ def test_libtpu_describes_the_devices_of_a_slice():
     ("v5e-4", ("mesh.data=8",), "v5e-4 has 4 chips: config.mesh .* needs 8 devices"),
     ("v5e-4", ("train.batch_size=6",), "train.batch_size: 6 sequences .* do not divide over data × fsdp × expert = 4"),
     ("v5e-4", ("mesh.data=2", "mesh.tensor=2"), r"state leaf .*\['k'\].* not divisible by mesh axes \('tensor',\)"),
-    ("v5e-16", ("mesh.data=1", "mesh.fsdp=8", "mesh.tensor=2"), "cannot be laid out on these TPU devices"),
 ])
 def test_bad_input_fails_before_compiling(monkeypatch, name, overrides, message):
     def compile_forbidden(lowered):
@@ -85,6 +84,17 @@ def test_bad_input_fails_before_compiling(monkeypatch, name, overrides, message)
     monkeypatch.setattr(aot, "compile_program", compile_forbidden)
     with pytest.raises(ValueError, match=message):
         aot.compile_for_slice(small_config(*overrides), aot.parse_slice(name), with_cost=False)
+
+
+def test_a_mesh_that_is_no_product_of_torus_sides_splits_physical_axes():
+    """fsdp 8 × tensor 2 on v5e-16's 4×4 torus: each tensor pair is two neighbouring chips."""
+    from research.parallel.mesh import make_mesh
+
+    devices = aot.slice_devices(aot.parse_slice("v5e-16"))
+    mesh = make_mesh(config_lib.load("configs/llama2.py:tiny", ["mesh.data=1", "mesh.fsdp=8", "mesh.tensor=2"]).mesh,
+                     devices)
+    assert dict(mesh.shape)["fsdp"] == 8 and dict(mesh.shape)["tensor"] == 2
+    assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in devices)
 
 
 def per_chip_bytes(abstract_tree) -> int:
