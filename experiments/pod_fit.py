@@ -114,7 +114,9 @@ def compile_cached(cache_dir: Path, spec: str, tpu_slice: aot.TpuSlice, mesh: di
     """Memory of the step on `tpu_slice` with `mesh`, and its cost when it fits."""
     overrides = overrides_for(mesh)
     config = config_lib.load(spec, overrides)
-    key = {"config": spec, "overrides": overrides, "slice": tpu_slice.name, "format": 2}
+    # "format" changes whenever the compiled step does (3: pinned activation shardings, split torus axes),
+    # so outcomes cached from an older model are not reused.
+    key = {"config": spec, "overrides": overrides, "slice": tpu_slice.name, "format": 3}
     memory = cached(cache_dir, {**key, "what": "memory"},
                     lambda: dataclasses.asdict(aot.compile_for_slice(config, tpu_slice, with_cost=False)))
     result = result_from_json(memory)
@@ -208,15 +210,9 @@ def write_markdown(path: Path, rows: list[str], tries: dict) -> None:
         "",
         "## What limits the fit",
         "",
-        "- Activation sharding: research/models/llama.py constrains no activation shardings, so GSPMD may carry "
-        "the parameters' embed-over-fsdp sharding into activations and replicate their batch dimension. In the "
-        "compiled HLO of a small LLaMA (dim 256, 16 sequences) with pure 16-way FSDP on v5e-16, per-chip "
-        "activations of shape [16, 64, 16] appear: every sequence, a sixteenth of the width. Per-chip "
-        "temporaries of pure FSDP then grow with the number of shards; logical constraints on the [batch, seq, "
-        "embed] activations (as MaxText sets them) would keep the batch sharded.",
-        "- Mesh layout: research/parallel/mesh.make_mesh calls `mesh_utils.create_device_mesh` without "
-        "`allow_split_physical_axes`, so a mesh axis that is not a product of torus sides (fsdp 8 × tensor 2 on "
-        "v5e-16's 4x4) cannot be built on a real slice either; such tries read 'not compiled'.",
+        "- Activations: the model pins its activation shardings (batch over the data axes, width replicated; "
+        "research/parallel/mesh.constrain), and make_mesh splits physical torus axes when a mesh axis is no "
+        "product of torus sides, so pure FSDP and fsdp × tensor meshes on any slice are both tried for real.",
         "- Attention: the XLA path materialises float32 scores [heads, 4096, 4096] per sequence and moves them "
         "through HBM in the forward pass, its recomputation and the backward pass; a flash-attention kernel in "
         "the step would change both the memory and the byte count.",
