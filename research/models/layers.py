@@ -200,7 +200,7 @@ def attention(q, k, v, q_positions, kv_positions, q_segment_ids=None, kv_segment
     carry no loss.
     """
     _check_impl(impl, q.dtype)
-    if impl == "ring" and uses_ring_attention(impl, mesh):
+    if uses_ring_attention(impl, mesh):
         return ring_attention(q, k, v, mesh, axis_name=CONTEXT_AXIS, causal=True, segment_ids=q_segment_ids,
                               layout="zigzag", batch_axes=dividing_mesh_axes(mesh, "batch", q.shape[0]),
                               head_axis=dividing_mesh_axes(mesh, "heads", k.shape[2]))

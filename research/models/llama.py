@@ -33,9 +33,9 @@ import numpy as np
 from research.models.layers import Attention, RMSNorm, SwiGLU, llama_hidden_dim, param_with_axes, uses_ring_attention
 from research.models.moe import MOE_COLLECTION, MoeFeedForward
 from research.parallel.mesh import constrain, context_parallel_size
+from research.parallel.ring_attention import zigzag_order
 
 ACTIVATION_AXES = ("batch", "seq", None)  # the residual stream [batch, seq, dim]: model width replicated
-from research.parallel.ring_attention import zigzag_order
 
 
 def hidden_dim_of(config: ml_collections.ConfigDict) -> int:
@@ -97,9 +97,7 @@ class BlockGroup(nn.Module):
             x, new_cache = Block(self.config, j == every - 1, self.mesh, name=f"block_{j}")(
                 x, cache_j, positions, segment_ids)
             new_caches.append(new_cache)
-        if layer_cache is None:
-            return x, None
-        return x, tuple(jnp.stack([c[i] for c in new_caches]) for i in range(2))
+        return x, None if layer_cache is None else stacked_caches(new_caches)
 
 
 REMAT_POLICIES = {
@@ -146,9 +144,12 @@ def unrolled_blocks(config, mesh, x, layer_cache, positions, segment_ids):
         x, new_cache = block(config, is_moe_layer(config, i), mesh, name=f"layers_{i}")(
             x, cache_i, positions, segment_ids)
         new_caches.append(new_cache)
-    if layer_cache is None:
-        return x, None
-    return x, tuple(jnp.stack([c[j] for c in new_caches]) for j in range(2))
+    return x, None if layer_cache is None else stacked_caches(new_caches)
+
+
+def stacked_caches(per_layer):
+    """Per-layer (k, v) caches, one after another, stacked into (k, v) with a leading layer axis."""
+    return tuple(jnp.stack([cache[i] for cache in per_layer]) for i in range(2))
 
 
 def unstack_layers(params):

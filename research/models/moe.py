@@ -39,10 +39,10 @@ takes the plain path). The router
 and the statistics run outside any shard_map on the whole token batch, so GSPMD shards them like any
 other op and the statistics are the global ones by construction. The expert computation is one
 `jax.shard_map` over the mesh:
-    tokens [b·s, d], weights and expert ids [b·s, k]: split over the mesh axes
-        ("data", "fsdp", "expert", "context") that exist (each device its own group of tokens; the
-        layout of a batch split over data × fsdp × expert with its sequence over context, so the
-        flattening moves nothing), replicated over "tensor";
+    tokens [b·s, d], weights and expert ids [b·s, k]: split over the mesh axes of the logical
+        `batch` then `seq` (data × fsdp × expert, then context; `token_axes_of`), each device its
+        own group of tokens in the layout of the batch, so the flattening moves nothing;
+        replicated over "tensor";
     W_gate, W_up [E, d, h]: E over "expert", h over "tensor"; W_down [E, h, d]: E over "expert",
         h over "tensor"; the embed dim d is gathered (it is sharded over "fsdp" outside).
 Inside, every device dispatches its local tokens to all E experts, `jax.lax.all_to_all` over
@@ -71,15 +71,13 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from research.models.layers import SwiGLU, param_with_axes
+from research.parallel.mesh import mesh_axis_names
 
 MOE_COLLECTION = "moe"
 ROUTERS = ("softmax_topk", "topk_softmax")
 DISPATCHES = ("dropless", "capacity")
 EXPERT_AXIS = "expert"
 TENSOR_AXIS = "tensor"
-# mesh axes that split the b·s tokens, outermost first: the layout of a batch sharded over
-# ("data", "fsdp", "expert") with its sequence over "context" (research/parallel/mesh.py batch_sharding)
-TOKEN_AXES = ("data", "fsdp", "expert", "context")
 
 
 class ExpertWeights(NamedTuple):
@@ -268,8 +266,9 @@ def expert_axis_size(mesh) -> int:
 
 
 def token_axes_of(mesh) -> tuple[str, ...]:
-    """The mesh axes that split the tokens inside the expert-parallel shard_map."""
-    return tuple(axis for axis in TOKEN_AXES if axis in mesh.axis_names)
+    """The mesh axes that split the b·s tokens inside the expert-parallel shard_map: the batch's,
+    then the sequence's (research/parallel/mesh.py's rules), so flattening [b, s] moves nothing."""
+    return mesh_axis_names("batch", mesh) + mesh_axis_names("seq", mesh)
 
 
 def runs_expert_parallel(mesh, num_tokens: int) -> bool:

@@ -3,7 +3,8 @@
 Mesh axes, outermost first: `data` (pure data parallelism), `fsdp` (data parallelism with
 parameters, gradients and optimizer state sharded, ZeRO-3 style), `tensor` (Megatron-style
 sharding of heads and the FFN width), `expert` (experts of a mixture). A size of -1 takes
-the devices the other axes leave. The batch is split over `data` × `fsdp`.
+the devices the other axes leave. The batch is split over `data` × `fsdp` × `expert` (outside
+the experts, the expert axis is one more data axis).
 
 `context` (context parallelism: the sequence split over devices, as ring attention in
 research/parallel/ring_attention.py needs) is an axis only when `config.mesh.context` is not 1;
@@ -103,12 +104,17 @@ def mesh_axes_for(logical: str, mesh: Mesh):
     return dict(rules_for(mesh))[logical]
 
 
+def mesh_axis_names(logical: str | None, mesh: Mesh) -> tuple[str, ...]:
+    """`mesh_axes_for` as a tuple of axis names (empty: replicated, also for `logical` None)."""
+    axes = None if logical is None else mesh_axes_for(logical, mesh)
+    return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+
+
 def dividing_mesh_axes(mesh: Mesh, logical: str | None, size: int):
     """The mesh axes of logical axis `logical` if they split `size` evenly, else None (replicated):
     e.g. the batch of one row that initialises the model."""
-    axes = None if logical is None else mesh_axes_for(logical, mesh)
-    names = () if axes is None else (axes,) if isinstance(axes, str) else axes
-    return axes if size % math.prod(mesh.shape[name] for name in names) == 0 else None
+    divides = size % math.prod(mesh.shape[name] for name in mesh_axis_names(logical, mesh)) == 0
+    return mesh_axes_for(logical, mesh) if logical is not None and divides else None
 
 
 def constrain(x, logical_axes, mesh: Mesh | None):
