@@ -36,6 +36,7 @@ with model FLOPs from `research.train.flops.flops_per_token` (6·N + attention).
 """
 
 import dataclasses
+import functools
 import importlib.util
 import math
 import os
@@ -56,7 +57,7 @@ from research.optim import make_optimizer, make_schedule
 from research.parallel.mesh import batch_sharding, make_mesh, mesh_axes, mesh_shape, sharded_abstract_state
 from research.train.flops import flops_per_token, peak_flops_of
 from research.train.state import TrainState
-from research.train.trainers.lm import make_init_state, make_train_step
+from research.train.trainers.lm import make_init_state, make_train_step, optimizer_update
 
 GiB = 2**30
 
@@ -231,13 +232,9 @@ def lower_train_step(config, devices):
 def lower_optimizer_update(config, devices):
     """The optimizer update alone (params, opt_state, grads ↦ new params, opt_state), lowered."""
     parts = abstract_training(config, devices)
-
-    def update(params, opt_state, grads):
-        updates, opt_state = parts.optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
     shardings = parts.state_shardings
-    jitted = jax.jit(update, in_shardings=(shardings.params, shardings.opt_state, shardings.params),
+    jitted = jax.jit(functools.partial(optimizer_update, parts.optimizer),
+                     in_shardings=(shardings.params, shardings.opt_state, shardings.params),
                      out_shardings=(shardings.params, shardings.opt_state), donate_argnums=(0, 1))
     return jitted.lower(parts.state.params, parts.state.opt_state, parts.state.params)
 

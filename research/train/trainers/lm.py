@@ -89,6 +89,12 @@ def make_init_state(model, optimizer, seq_len: int):
     return init_state
 
 
+def optimizer_update(optimizer, params, opt_state, grads):
+    """One optimizer step: (new params, new optimizer state)."""
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
 def make_train_step(model, optimizer, schedule, num_micro: int, mesh=None, grad_reduce: str = "auto"):
     """`train_step(state, batch, rng) -> (state, metrics)`: one optimizer update on the batch,
     gradients synchronised over the data axis as `grad_reduce` says (research/parallel/grad_sync.py)."""
@@ -98,8 +104,7 @@ def make_train_step(model, optimizer, schedule, num_micro: int, mesh=None, grad_
     def train_step(state, batch, rng):
         total_weight = jnp.maximum(jnp.sum(batch["weights"].astype(jnp.float32)), 1.0)
         loss, grads, moe = gradients(state.params, batch, total_weight, rng)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params, opt_state = optimizer_update(optimizer, state.params, state.opt_state, grads)
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step), **moe}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
