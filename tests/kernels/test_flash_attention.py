@@ -5,6 +5,7 @@ Tolerances, as max |kernel − reference| ≤ tol · (1 + max |reference|) per t
   bfloat16: tol = 1e-2 for the output, 1.5e-2 for the gradients (the kernel rounds P and dS to
             bfloat16 before its matmuls and its outputs to bfloat16; the reference is float32 inside).
 """
+import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pallas_kernels import flash_attention as flash_attention_module
 from pallas_kernels.attention_reference import attention_reference
 from pallas_kernels.flash_attention import flash_attention
 
@@ -179,6 +181,7 @@ def shapes(batch=2, seq=32, heads=4, kv_heads=2, head_dim=32, dtype=F32):
     (lambda q, kv: (q, kv, kv, {"segment_ids": jnp.zeros((2, 32), jnp.float32)}), "segment_ids must be"),
     (lambda q, kv: (q, kv, kv, {"block_q": 0}), "block_q must be a positive int"),
     (lambda q, kv: (q, kv, kv, {"block_k": 16.0}), "block_k must be a positive int"),
+    (lambda q, kv: (q, kv, kv, {"sm_scale": -0.1}), "sm_scale must be positive"),
 ])
 def test_bad_input_raises_value_error(make_call, message):
     q, k, v, kwargs = make_call(*shapes())
@@ -199,3 +202,39 @@ def test_blocks_the_compile_target_cannot_tile_raise_value_error(monkeypatch, ba
     q, kv = shapes(seq=256, head_dim=head_dim)
     with pytest.raises(ValueError, match=message):
         flash_attention(q, kv, kv, interpret=False, **kwargs)
+
+
+@pytest.mark.parametrize("case", [
+    Case(2, 100, 4, 2, 32, True, False, F32, 16, 32),
+    Case(1, 90, 2, 1, 32, True, True, F32, 32, 16),
+    Case(2, 64, 2, 2, 32, False, False, F32, 16, 16),
+], ids=str)
+def test_every_launch_order_gives_the_same_results(monkeypatch, case):
+    """All three kernels launched block-first and longest-first (the GPU's options), run by the interpreter."""
+    make_tiling = flash_attention_module._make_tiling
+    every_kernel = frozenset({"forward", "dq", "dkdv"})
+    monkeypatch.setattr(flash_attention_module, "_make_tiling", lambda *args: dataclasses.replace(
+        make_tiling(*args), blocks_first=every_kernel, longest_first=every_kernel - {"dkdv"}))
+    inputs = make_inputs(case)
+    got = output_and_gradients(flash_with_blocks(case), case, *inputs)
+    want = output_and_gradients(attention_reference, case, *inputs)
+    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+        assert_close(name, g, w, TOLERANCES[F32][0])
+
+
+@pytest.mark.parametrize("causal, segments", [(True, False), (False, True)])
+def test_kernels_lower_through_triton_for_a_gpu(monkeypatch, causal, segments):
+    """The forward and both backward kernels lower to Triton (checked on this CPU host, nothing runs)."""
+    monkeypatch.setattr(flash_attention_module, "compile_target", lambda interpret: "gpu")
+    q = jax.ShapeDtypeStruct((2, 512, 4, 128), BF16)
+    kv = jax.ShapeDtypeStruct((2, 512, 2, 128), BF16)
+    ids = jax.ShapeDtypeStruct((2, 512), jnp.int32) if segments else None
+
+    def loss(q, k, v, segment_ids):
+        return flash_attention(q, k, v, causal=causal, segment_ids=segment_ids).astype(F32).sum()
+
+    lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, kv, kv, ids).lower(lowering_platforms=("cuda",))
+    text = lowered.as_text()
+    for kernel in ("flash_attention_forward", "flash_attention_dq", "flash_attention_dkdv"):
+        assert kernel in text
+    assert text.count("__gpu$xla.gpu.triton") >= 3
