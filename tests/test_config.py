@@ -91,6 +91,7 @@ def test_arg_pairs_and_bad_arguments():
     (["model.moe.top_k=9"], r"model\.moe\.top_k=9 > moe\.num_experts=8"),
     (["mesh.expert=3"], r"model\.moe\.num_experts=8 is not divisible by mesh\.expert=3"),
     (["model.moe.capacity_factor=0.0"], r"model\.moe\.capacity_factor=0\.0 must be > 0"),
+    (["model.moe.capacity_group_size=0"], r"model\.moe\.capacity_group_size=0 must be a positive int"),
     (["model.moe.router=hash"], r"model\.moe\.router='hash'"),
     (["model.moe.every_k_layers=3"], r"model\.moe\.every_k_layers: num_layers 4 is not divisible"),
     (["model.moe.load_balancing_weight=-1.0"], r"model\.moe\.load_balancing_weight"),

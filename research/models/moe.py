@@ -12,17 +12,24 @@ Routers (`moe.router`), both in float32:
     "topk_softmax": (l, e) = top-k of logits; w = softmax(l) over the k chosen.
 
 Dispatch (`moe.dispatch`):
-    "capacity": GShard/Switch one-hot dispatch. Each expert takes at most
-        C = min(⌈capacity_factor · T · k / E⌉, T) assignments of the T tokens of a group (no expert
-        can get more than T, since a token's k experts are distinct). Assignments queue in
+    "capacity": GShard/Switch one-hot dispatch in capacity groups. The T tokens, in batch order, are cut
+        into N = T/G groups of G consecutive tokens, G = the largest divisor of T that is at most
+        `moe.capacity_group_size` (`tokens_per_group`; G = capacity_group_size whenever it divides T).
+        In each group every expert takes at most
+        C = min(⌈capacity_factor · G · k / E⌉, G) assignments of the group's G tokens (no expert can
+        get more than G, since a token's k experts are distinct). Within a group, assignments queue in
         choice-major order: every token's first choice, then every token's second choice, ...;
         the p-th assignment to an expert gets slot p and is dropped when p ≥ C (it contributes 0; the
-        block's residual carries the token). Dispatch D[t, e, c] ∈ {0, 1} and combine
-        G[t, e, c] = w · D give expert inputs X_e = Σ_t D[t, e, :]·x_t [E, C, d] and
-        y_t = Σ_{e,c} G[t, e, c] · FFN_e(X_e)[c].
+        block's residual carries the token). Dispatch D[n, g, e, c] ∈ {0, 1} and combine
+        M[n, g, e, c] = w · D [N, G, E, C] give expert inputs X[e, n, c] = Σ_g D[n, g, e, c]·x_{n,g},
+        [E, N·C, d], and y_{n,g} = Σ_{e,c} M[n, g, e, c] · FFN_e(X[e, n])[c]. The one-hot tensors hold
+        T·E·C elements with C ∝ G, so cost and memory are linear in T (one group of all T: quadratic).
     "dropless": the T·k (token, choice) assignments sorted by expert, each expert's rows one group
         of a grouped matmul (`jax.lax.ragged_dot`, group sizes = assignments per expert), the
         results unsorted and summed over the k choices with their weights. Nothing is dropped.
+        Speed: XLA:CPU and XLA:GPU do not group `ragged_dot`; on an H200 (jax 0.11.2) it took 4.6× (8
+        experts) to 54× (64 experts) the time of a dense matmul of its FLOPs, the capacity path's batched
+        matmul 1.1–1.4× (experiments/results/grouped_matmul_bench.md): there "capacity" is the fast path.
 Both paths give the same output when nothing is dropped.
 
 Statistics, sown float32 into the `MOE_COLLECTION` collection (unweighted; the trainer weighs them),
@@ -50,17 +57,22 @@ Inside, every device dispatches its local tokens to all E experts, `jax.lax.all_
 all_to_all returns the results, and they are combined. With a "tensor" axis each device computes
 its slice of h and the combined output is summed over "tensor" (`psum`, Megatron-style). The
 dropped count is summed over the token axes.
-    "capacity": the dispatched [E, C, d] (C from the local token count) is all_to_all'd on E, so
-        each device holds [E/ep, ep·C, d] for its experts; the reverse all_to_all restores [E, C, d].
+    "capacity": the local tokens form N = T_local/G groups (G from the local token count); the
+        dispatched [E, N·C, d] is all_to_all'd on E, so each device holds [E/ep, ep·N·C, d], the rows of
+        its experts from every device's groups; the reverse all_to_all restores [E, N·C, d]. A device's
+        tokens are a contiguous run of the batch, so when `moe.capacity_group_size` divides the local
+        token count the groups are the unsharded layer's, and so are the drops.
     "dropless": `jax.lax.ragged_all_to_all` is not implemented by XLA:CPU in this JAX, so an
         all_to_all of static worst-case buffers [ep, T_local·k, d] (all local assignments could go to
         one device) carries the rows, and [ep, T_local·k] the local expert id of each row (E/ep marks
         an empty slot). The receiver groups the ep·T_local·k rows by expert (empty slots last, outside
         every group) for `ragged_dot`. The buffers cost ep× the memory of the assignments; nothing drops.
-The shared experts are a plain `layers.SwiGLU` outside the shard_map. Without an `expert` axis > 1
-the layer is plain jnp and GSPMD partitions it (the capacity group is then the whole batch).
+The shared experts are a plain `layers.SwiGLU` outside the shard_map. Without a mesh, or for tokens that
+do not split evenly over the devices, the layer is plain jnp and GSPMD partitions it (the capacity groups
+then cut the whole batch).
 """
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -102,6 +114,9 @@ def check_moe_config(moe, expert_axis_size: int = 1) -> None:
         raise ValueError(f"moe.num_shared_experts={moe.num_shared_experts} must be 0 or more")
     if not moe.capacity_factor > 0:
         raise ValueError(f"moe.capacity_factor={moe.capacity_factor} must be > 0")
+    group_size = moe.capacity_group_size
+    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
+        raise ValueError(f"moe.capacity_group_size={group_size!r} must be a positive int (tokens per capacity group)")
     if not 0 <= moe.router_jitter < 1:
         raise ValueError(f"moe.router_jitter={moe.router_jitter} must be in [0, 1)")
     if moe.router not in ROUTERS:
@@ -146,9 +161,20 @@ def routing_statistics(logits, experts, num_dropped) -> dict:
     }
 
 
-def expert_capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: float) -> int:
-    """C = min(⌈capacity_factor · T · k / E⌉, T): slots per expert for a group of T tokens."""
-    return min(math.ceil(capacity_factor * num_tokens * top_k / num_experts), num_tokens)
+def expert_capacity(group_size: int, top_k: int, num_experts: int, capacity_factor: float) -> int:
+    """C = min(⌈capacity_factor · G · k / E⌉, G): slots per expert for a group of G tokens."""
+    return min(math.ceil(capacity_factor * group_size * top_k / num_experts), group_size)
+
+
+def tokens_per_group(num_tokens: int, capacity_group_size: int) -> int:
+    """G = the largest divisor of T that is ≤ capacity_group_size, so that T tokens form T/G equal groups.
+
+    G = capacity_group_size whenever it divides T (the training batches of configs/seed_thinking.py); a token
+    count it does not divide (a prefill of odd length, say) gets smaller equal groups rather than an error, as
+    in Mesh TensorFlow's MoE (`_split_into_groups`). A prime T > capacity_group_size gets groups of one token
+    (C = 1, so nothing drops).
+    """
+    return next(size for size in range(min(capacity_group_size, num_tokens), 0, -1) if num_tokens % size == 0)
 
 
 def position_in_group(ids, num_groups: int):
@@ -158,7 +184,8 @@ def position_in_group(ids, num_groups: int):
 
 
 def capacity_dispatch(weights, experts, num_experts: int, capacity: int):
-    """(dispatch D [T, E, C], combine G = w·D [T, E, C], both float32; number of dropped assignments).
+    """(dispatch D [T, E, C], combine M = w·D [T, E, C], both float32; number of dropped assignments) of one
+    capacity group of T tokens.
 
     Assignment (t, j) takes slot p = its rank among the assignments to expert e_j(t) in choice-major
     order (all j = 0 first, then j = 1, ...); D[t, e_j(t), p] = 1 when p < C, else it is dropped.
@@ -175,7 +202,7 @@ def capacity_dispatch(weights, experts, num_experts: int, capacity: int):
 
 
 def batched_swiglu(x, weights: ExpertWeights, dtype):
-    """FFN_e(x[e]) for x [E, C, d]: every expert on its own slots."""
+    """FFN_e(x[e]) for x [E, S, d]: every expert on its own S slots."""
     gate = jnp.einsum("ecd,edh->ech", x, weights.gate.astype(dtype))
     up = jnp.einsum("ecd,edh->ech", x, weights.up.astype(dtype))
     return jnp.einsum("ech,ehd->ecd", nn.silu(gate) * up, weights.down.astype(dtype))
@@ -200,19 +227,28 @@ def experts_by_id(rows, expert_ids, weights: ExpertWeights, dtype):
 
 
 def capacity_experts(tokens, weights, experts, expert_weights: ExpertWeights, num_experts: int,
-                     capacity_factor: float, dtype, expert_axis=None):
-    """(y [T, d], dropped count) by capacity dispatch of the T local tokens; with `expert_axis`
-    (inside shard_map) the [E, C, d] expert inputs are all_to_all'd to the devices holding the experts."""
+                     capacity_factor: float, capacity_group_size: int, dtype, expert_axis=None):
+    """(y [T, d], dropped count) by capacity dispatch of the T local tokens in N = T/G groups of G consecutive
+    tokens, C slots per expert and group (module docstring); with `expert_axis` (inside shard_map) the
+    [E, N·C, d] expert inputs are all_to_all'd to the devices holding the experts."""
     num_tokens, top_k = experts.shape
-    capacity = expert_capacity(num_tokens, top_k, num_experts, capacity_factor)
-    dispatch, combine, num_dropped = capacity_dispatch(weights, experts, num_experts, capacity)
-    expert_inputs = jnp.einsum("tec,td->ecd", dispatch.astype(dtype), tokens)
-    if expert_axis is not None:  # [E, C, d] -> [E/ep, ep·C, d]
+    group_size = tokens_per_group(num_tokens, capacity_group_size)
+    num_groups = num_tokens // group_size
+    capacity = expert_capacity(group_size, top_k, num_experts, capacity_factor)
+    dispatch_groups = jax.vmap(functools.partial(capacity_dispatch, num_experts=num_experts, capacity=capacity))
+    dispatch, combine, num_dropped = dispatch_groups(weights.reshape(num_groups, group_size, top_k),
+                                                     experts.reshape(num_groups, group_size, top_k))
+    grouped_tokens = tokens.reshape(num_groups, group_size, -1)
+    expert_inputs = jnp.einsum("ngec,ngd->encd", dispatch.astype(dtype), grouped_tokens)
+    expert_inputs = expert_inputs.reshape(num_experts, num_groups * capacity, -1)
+    if expert_axis is not None:  # [E, N·C, d] -> [E/ep, ep·N·C, d]
         expert_inputs = lax.all_to_all(expert_inputs, expert_axis, 0, 1, tiled=True)
     expert_outputs = batched_swiglu(expert_inputs, expert_weights, dtype)
-    if expert_axis is not None:  # [E/ep, ep·C, d] -> [E, C, d]
+    if expert_axis is not None:  # [E/ep, ep·N·C, d] -> [E, N·C, d]
         expert_outputs = lax.all_to_all(expert_outputs, expert_axis, 1, 0, tiled=True)
-    return jnp.einsum("tec,ecd->td", combine.astype(dtype), expert_outputs), num_dropped
+    expert_outputs = expert_outputs.reshape(num_experts, num_groups, capacity, -1)
+    out = jnp.einsum("ngec,encd->ngd", combine.astype(dtype), expert_outputs)
+    return out.reshape(num_tokens, -1), jnp.sum(num_dropped)
 
 
 def dropless_experts(tokens, weights, experts, expert_weights: ExpertWeights, dtype):
@@ -254,7 +290,7 @@ def local_routed_experts(tokens, weights, experts, expert_weights: ExpertWeights
     """(y [T, d], dropped count) of the routed experts on T tokens by `moe.dispatch`."""
     if moe.dispatch == "capacity":
         return capacity_experts(tokens, weights, experts, expert_weights, moe.num_experts, moe.capacity_factor,
-                                dtype, expert_axis)
+                                moe.capacity_group_size, dtype, expert_axis)
     if expert_axis is not None:
         return dropless_expert_parallel(tokens, weights, experts, expert_weights, dtype, expert_axis)
     return dropless_experts(tokens, weights, experts, expert_weights, dtype)

@@ -1,6 +1,7 @@
 """research/models/moe.py: routers, capacity and dropless dispatch, statistics, jitter, gradients, config checks."""
 
 import functools
+import math
 
 import flax.linen as nn
 import jax
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from jax.extend.core import ClosedJaxpr, Jaxpr
 
 from research.models import moe as moe_lib
 from research.models.layers import SwiGLU
@@ -19,8 +21,8 @@ fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimizatio
 
 def moe_config(**overrides):
     fields = {"num_experts": 4, "top_k": 2, "num_shared_experts": 0, "expert_hidden_dim": HIDDEN, "every_k_layers": 1,
-                  "capacity_factor": 1.25, "router": "softmax_topk", "renormalize": True, "router_jitter": 0.0,
-                  "dispatch": "dropless", "load_balancing_weight": 0.01, "z_loss_weight": 1e-3}
+              "capacity_factor": 1.25, "capacity_group_size": 1024, "router": "softmax_topk", "renormalize": True,
+              "router_jitter": 0.0, "dispatch": "dropless", "load_balancing_weight": 0.01, "z_loss_weight": 1e-3}
     fields.update(overrides)
     return ml_collections.ConfigDict(fields)
 
@@ -101,6 +103,33 @@ def test_expert_capacity_formula():
     assert moe_lib.expert_capacity(16, 2, 4, 100.0) == 16  # never more than the tokens
 
 
+@pytest.mark.parametrize("num_tokens, capacity_group_size, group_size", [
+    (4096, 256, 256), (32, 1024, 32), (2048, 256, 256), (1500, 1024, 750), (12, 8, 6), (1031, 1024, 1)])
+def test_tokens_per_group_is_the_largest_divisor_up_to_the_group_size(num_tokens, capacity_group_size, group_size):
+    assert moe_lib.tokens_per_group(num_tokens, capacity_group_size) == group_size
+
+
+def test_capacity_groups_drop_what_their_own_group_overflows():
+    # Expert 0 iff x[..., 0] > 0. E = 2, k = 1, capacity factor 1. Sequence 0 sends all 4 tokens to expert 0,
+    # sequence 1 sends tokens 0, 2 to expert 0 and 1, 3 to expert 1.
+    #   groups of 4 (= the sequences), C = ⌈4·1/2⌉ = 2: sequence 0 keeps tokens 0, 1 and drops 2, 3; sequence 1
+    #       drops nothing;
+    #   one group of 8, C = ⌈8·1/2⌉ = 4: expert 0's slots go to sequence 0's four tokens, so sequence 1 drops its
+    #       tokens 0 and 2 (expert 0's assignments 5 and 6).
+    # Either way 2 of the 8 assignments drop.
+    signs = jnp.array([[1.0, 1.0, 1.0, 1.0], [1.0, -1.0, 1.0, -1.0]])
+    x = jnp.abs(inputs(batch=2, seq=4)).at[..., 0].set(signs)
+    kept_by_groups = np.array([[True, True, False, False], [True, True, True, True]])
+    kept_by_one_group = np.array([[True, True, True, True], [False, True, False, True]])
+    config = moe_config(num_experts=2, top_k=1, capacity_factor=1.0, dispatch="capacity")
+    params = init_params(config, x)
+    params["router"] = jnp.zeros((DIM, 2)).at[0].set(jnp.array([10.0, -10.0]))
+    for group_size, kept in ((4, kept_by_groups), (8, kept_by_one_group)):
+        out, stats = run(moe_config(**{**config, "capacity_group_size": group_size}), params, x)
+        assert float(stats["dropped_fraction"]) == 0.25
+        np.testing.assert_array_equal(np.abs(np.asarray(out)).max(-1) > 0, kept, err_msg=f"group size {group_size}")
+
+
 def test_capacity_layer_drops_assignments_over_capacity():
     config = moe_config(num_experts=4, top_k=1, capacity_factor=1.0, dispatch="capacity")  # C = 16·1/4 = 4
     x = jnp.abs(inputs(batch=1, seq=16))
@@ -113,11 +142,13 @@ def test_capacity_layer_drops_assignments_over_capacity():
     np.testing.assert_array_equal(out[0, 4:], 0.0)
 
 
+@pytest.mark.parametrize("capacity_group_size", [1024, 8])  # one group of the 32 tokens; four groups of 8
 @pytest.mark.parametrize("router, top_k", [("softmax_topk", 1), ("softmax_topk", 2), ("topk_softmax", 2)])
-def test_dropless_equals_capacity_without_drops(router, top_k):
+def test_dropless_equals_capacity_without_drops(router, top_k, capacity_group_size):
     x = inputs()
     dropless = moe_config(router=router, top_k=top_k, renormalize=False, dispatch="dropless")
-    capacity = moe_config(router=router, top_k=top_k, renormalize=False, dispatch="capacity", capacity_factor=4.0)
+    capacity = moe_config(router=router, top_k=top_k, renormalize=False, dispatch="capacity", capacity_factor=4.0,
+                          capacity_group_size=capacity_group_size)
     params = init_params(dropless, x)
 
     def loss_and_grads(config):
@@ -261,6 +292,8 @@ def test_jit_and_bfloat16(dispatch):
     ({"top_k": 0}, "moe.top_k=0"),
     ({"capacity_factor": 0.0}, "moe.capacity_factor=0.0"),
     ({"capacity_factor": -1.0}, "moe.capacity_factor=-1.0"),
+    ({"capacity_group_size": 0}, "moe.capacity_group_size=0"),
+    ({"capacity_group_size": 2.5}, "moe.capacity_group_size=2.5"),
     ({"router": "sinkhorn"}, "moe.router='sinkhorn'"),
     ({"dispatch": "megablocks"}, "moe.dispatch='megablocks'"),
     ({"num_shared_experts": -1}, "moe.num_shared_experts=-1"),
@@ -278,3 +311,36 @@ def test_experts_must_divide_over_the_expert_axis():
     with pytest.raises(ValueError, match="moe.num_experts=6 is not divisible by mesh.expert=4"):
         moe_lib.check_moe_config(moe_config(num_experts=6), expert_axis_size=4)
     moe_lib.check_moe_config(moe_config(num_experts=8), expert_axis_size=4)
+
+
+def largest_intermediate_shape(closed_jaxpr) -> tuple[int, ...]:
+    """The shape with the most elements among the values computed in a jaxpr and its sub-jaxprs."""
+    shapes = set()
+
+    def visit(jaxpr):
+        for eqn in jaxpr.eqns:
+            shapes.update(tuple(var.aval.shape) for var in eqn.outvars if hasattr(var.aval, "shape"))
+            for param in eqn.params.values():
+                for sub in param if isinstance(param, (tuple, list)) else (param,):
+                    if isinstance(sub, ClosedJaxpr):
+                        visit(sub.jaxpr)
+                    elif isinstance(sub, Jaxpr):
+                        visit(sub)
+
+    visit(closed_jaxpr.jaxpr)
+    return max(shapes, key=math.prod)
+
+
+def test_capacity_groups_keep_the_dispatch_tensors_linear_in_the_tokens():
+    """T = 4096 tokens in groups of G = 256, E = 4, k = 2, capacity factor 1.25: C = ⌈1.25·256·2/4⌉ = 160,
+    and the largest values traced are the [T/G, G, E, C] dispatch and combine tensors (T·E·C = 2.6M elements);
+    one group of all 4096 tokens (C = 2560) traces [1, T, E, C] tensors 16× as large."""
+    x = jax.ShapeDtypeStruct((1, 4096, DIM), jnp.float32)
+
+    def largest(capacity_group_size):
+        config = moe_config(dispatch="capacity", capacity_group_size=capacity_group_size)
+        params = nn.meta.unbox(jax.eval_shape(MoeFeedForward(config).init, jax.random.key(0), x)["params"])
+        return largest_intermediate_shape(jax.make_jaxpr(MoeFeedForward(config).apply)({"params": params}, x))
+
+    assert largest(256) == (16, 256, 4, 160)
+    assert largest(4096) == (1, 4096, 4, 2560)

@@ -2,7 +2,8 @@
 all_to_all over `expert`) gives the unsharded layer's outputs, gradients and statistics.
 
 Tolerance: max |sharded − unsharded| ≤ 1e-5 · (1 + max |unsharded|) per tensor (float32; only the
-summation order differs). The capacity factor is large enough that no assignment drops in either run.
+summation order differs). The capacity factor is large enough that no assignment drops in either run, except
+where the capacity groups (2 tokens, more than one on every device) are shown to drop alike sharded and not.
 """
 
 import flax.linen as nn
@@ -19,11 +20,13 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 TOLERANCE = 1e-5
 
 
-def moe_config(dispatch, num_experts=8):
+def moe_config(dispatch, num_experts=8, capacity_factor=None):
+    """Capacity groups of 2 tokens: 2 or 4 groups on each device of the meshes below (4 or 8 local tokens)."""
     return ml_collections.ConfigDict({
         "num_experts": num_experts, "top_k": 2, "num_shared_experts": 1, "expert_hidden_dim": 32, "every_k_layers": 1,
-        "capacity_factor": float(num_experts), "router": "softmax_topk", "renormalize": True, "router_jitter": 0.0,
-        "dispatch": dispatch, "load_balancing_weight": 0.01, "z_loss_weight": 1e-3})
+        "capacity_factor": capacity_factor or float(num_experts), "capacity_group_size": 2, "router": "softmax_topk",
+        "renormalize": True, "router_jitter": 0.0, "dispatch": dispatch, "load_balancing_weight": 0.01,
+        "z_loss_weight": 1e-3})
 
 
 def mesh_of(data=1, fsdp=1, tensor=1, expert=1, context=1):
@@ -44,15 +47,8 @@ def loss_grads_and_statistics(layer, params, x, d_out):
     return out, stats, grads
 
 
-@pytest.mark.parametrize("dispatch, data, fsdp, tensor, expert, context", [
-    ("dropless", 2, 1, 1, 4, 1), ("capacity", 2, 1, 1, 4, 1),
-    ("dropless", 1, 1, 1, 8, 1), ("capacity", 1, 1, 1, 8, 1),
-    ("dropless", 1, 2, 2, 2, 1), ("capacity", 1, 2, 2, 2, 1),
-    ("dropless", 2, 1, 1, 2, 2),
-])
-def test_expert_parallel_equals_unsharded(dispatch, data, fsdp, tensor, expert, context):
-    config = moe_config(dispatch)
-    mesh = mesh_of(data, fsdp, tensor, expert, context)
+def assert_sharded_equals_unsharded(config, mesh) -> dict:
+    """Outputs, statistics and gradients of the layer on `mesh` against the unsharded layer; the latter's statistics."""
     keys = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(keys[0], (8, 4, 16))
     d_out = jax.random.normal(keys[1], x.shape)
@@ -63,12 +59,32 @@ def test_expert_parallel_equals_unsharded(dispatch, data, fsdp, tensor, expert, 
 
     want = loss_grads_and_statistics(MoeFeedForward(config), params, x, d_out)
     got = loss_grads_and_statistics(MoeFeedForward(config, mesh=mesh), sharded_params, sharded_x, d_out)
-    assert float(want[1]["dropped_fraction"]) == 0.0
     for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
         g, w = np.asarray(g), np.asarray(w)
         assert g.shape == w.shape, path
         error, bound = np.max(np.abs(g - w)), TOLERANCE * (1 + np.max(np.abs(w)))
         assert error <= bound, f"{jax.tree_util.keystr(path)}: max error {error:.3g} > {bound:.3g}"
+    return want[1]
+
+
+@pytest.mark.parametrize("dispatch, data, fsdp, tensor, expert, context", [
+    ("dropless", 2, 1, 1, 4, 1), ("capacity", 2, 1, 1, 4, 1),
+    ("dropless", 1, 1, 1, 8, 1), ("capacity", 1, 1, 1, 8, 1),
+    ("dropless", 1, 2, 2, 2, 1), ("capacity", 1, 2, 2, 2, 1),
+    ("dropless", 2, 1, 1, 2, 2),
+])
+def test_expert_parallel_equals_unsharded(dispatch, data, fsdp, tensor, expert, context):
+    stats = assert_sharded_equals_unsharded(moe_config(dispatch), mesh_of(data, fsdp, tensor, expert, context))
+    assert float(stats["dropped_fraction"]) == 0.0
+
+
+@pytest.mark.parametrize("data, fsdp, tensor, expert, context", [(1, 2, 2, 2, 1), (2, 1, 1, 2, 2)])
+def test_expert_parallel_capacity_drops_what_the_unsharded_layer_drops(data, fsdp, tensor, expert, context):
+    """C = min(⌈0.5·2·2/8⌉, 2) = 1 slot per expert and group of 2 tokens: both tokens of a group choosing one
+    expert drop one assignment. Every device's tokens are whole groups of the unsharded layer's 16."""
+    config = moe_config("capacity", capacity_factor=0.5)
+    stats = assert_sharded_equals_unsharded(config, mesh_of(data, fsdp, tensor, expert, context))
+    assert float(stats["dropped_fraction"]) > 0.0
 
 
 @pytest.mark.parametrize("dispatch", ["dropless", "capacity"])
