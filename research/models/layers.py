@@ -6,11 +6,13 @@ logical axis names (`embed`, `mlp`, `heads`, `kv_heads`, `head_dim`, `vocab`);
 `dtype`; norms and the softmax run in float32.
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from pallas_kernels.decode_attention import decode_attention
 from pallas_kernels.flash_attention import flash_attention
@@ -133,7 +135,8 @@ class Attention(nn.Module):
     q = x·W_q, k = x·W_k, v = x·W_v with RoPE on q and k; out = attention(q, k, v)·W_o.
     With `cache = (k_cache, v_cache)` of shape `[b, max_len, kv_h, d]` the new keys and values
     are written at `positions` (consecutive in each row) and the queries attend to cache entries
-    at positions ≤ their own (`cached_attention`). `mesh` is needed by attention_impl="ring" only.
+    at positions ≤ their own (`cached_attention`). With a `mesh`, activations are pinned to it and
+    the Pallas kernels run per device ("pallas"), or as a ring over its `context` axis ("ring").
     """
 
     num_heads: int
@@ -169,7 +172,7 @@ class Attention(nn.Module):
             k_cache = write_cache(cache[0], k, positions[:, 0])
             v_cache = write_cache(cache[1], v, positions[:, 0])
             out = cached_attention(q, k_cache.astype(self.dtype), v_cache.astype(self.dtype), positions,
-                                   impl=self.attention_impl)
+                                   impl=self.attention_impl, mesh=self.mesh)
             new_cache = (k_cache, v_cache)
         out = jnp.einsum("bshk,hkd->bsd", out, w_o.astype(self.dtype))
         return out, new_cache
@@ -187,7 +190,8 @@ def attention(q, k, v, q_positions, kv_positions, q_segment_ids=None, kv_segment
     Key j is visible to query i when kv_pos[j] ≤ q_pos[i] and, for packed sequences, the
     segment ids are equal.
       "xla":    dense masked scores (`attention_mask`; segment id 0 marks padding and is never visible).
-      "pallas": the flash kernel (pallas_kernels/flash_attention.py), causal by index within segments.
+      "pallas": the flash kernel (pallas_kernels/flash_attention.py), causal by index within segments;
+                with a mesh, per device on its batch rows and heads (`kernel_per_device`).
       "cudnn":  cuDNN's fused attention through `jax.nn.dot_product_attention`, causal by index
                 within segments; needs a CUDA GPU and bfloat16 or float16.
       "ring":   context parallelism: ring attention (research/parallel/ring_attention.py) over the
@@ -205,7 +209,8 @@ def attention(q, k, v, q_positions, kv_positions, q_segment_ids=None, kv_segment
                               layout="zigzag", batch_axes=dividing_mesh_axes(mesh, "batch", q.shape[0]),
                               head_axis=dividing_mesh_axes(mesh, "heads", k.shape[2]))
     if impl in ("pallas", "ring"):
-        return flash_attention(q, k, v, causal=True, segment_ids=q_segment_ids)
+        return kernel_per_device(lambda q, k, v, ids: flash_attention(q, k, v, causal=True, segment_ids=ids),
+                                 mesh, q, k, v, q_segment_ids)
     if impl == "cudnn":
         mask = None
         if q_segment_ids is not None:
@@ -215,12 +220,37 @@ def attention(q, k, v, q_positions, kv_positions, q_segment_ids=None, kv_segment
     return dot_product_attention(q, k, v, mask)
 
 
+def kernel_per_device(kernel, mesh, q, k, *arrays):
+    """`kernel(q, k, *arrays)` run inside `shard_map`, every device on its own batch rows and heads.
+
+    GSPMD cannot partition a Pallas kernel (Mosaic refuses to compile one whose operands are sharded),
+    so with a mesh the attention kernels run per device, as MaxText runs its kernels: arrays
+    [b, s, heads, d] split over the mesh axes of `batch` and, where they divide the K/V heads (so every
+    device keeps whole groups of query heads), of `heads`; other arrays [b, ...] over the batch axes;
+    the sequence whole on each device (under a `context` axis "ring" is the impl that splits it).
+    The output is [b, s, heads, d] like q. Without a mesh, the kernel on the whole arrays.
+    """
+    if mesh is None:
+        return kernel(q, k, *arrays)
+    batch = dividing_mesh_axes(mesh, "batch", q.shape[0])
+    heads = dividing_mesh_axes(mesh, "heads", k.shape[2])
+
+    def spec(x):
+        if x is None:
+            return P()
+        return P(batch, None, heads, None) if x.ndim == 4 else P(batch, *([None] * (x.ndim - 1)))
+
+    inputs = (q, k, *arrays)
+    return jax.shard_map(kernel, mesh=mesh, in_specs=tuple(spec(x) for x in inputs), out_specs=spec(q),
+                         check_vma=False)(*inputs)
+
+
 def uses_ring_attention(impl: str, mesh) -> bool:
     """Whether training attention runs as a ring over the mesh's `context` axis."""
     return impl == "ring" and context_parallel_size(mesh) > 1
 
 
-def cached_attention(q, k_cache, v_cache, q_positions, *, impl="xla"):
+def cached_attention(q, k_cache, v_cache, q_positions, *, impl="xla", mesh=None):
     """Attention of the newest t tokens over a KV cache that already holds their keys, by `impl`.
 
     q `[b, t, h, d]` at consecutive positions `q_positions [b, t]`; k/v_cache `[b, S, kv_h, d]`;
@@ -232,6 +262,7 @@ def cached_attention(q, k_cache, v_cache, q_positions, *, impl="xla"):
                 Longer blocks (a prefill): when every row starts at position 0 the visible
                 entries are exactly the first t, written just now, so causal flash attention over
                 them is exact; otherwise (a later chunk) the dense path.
+                With a mesh the kernels run per device (`kernel_per_device`).
     """
     _check_impl(impl, q.dtype)
     kv_positions = jnp.broadcast_to(jnp.arange(k_cache.shape[1]), k_cache.shape[:2])
@@ -246,10 +277,12 @@ def cached_attention(q, k_cache, v_cache, q_positions, *, impl="xla"):
             raise ValueError(f"attention_impl='pallas' decodes the KV cache in blocks of {DECODE_BLOCK_K} "
                              f"positions: its length {cache_len} must be a multiple of {DECODE_BLOCK_K} "
                              "(see kv_cache_length)")
-        return decode_attention(q, k_cache, v_cache, q_positions[:, -1] + 1, block_k=DECODE_BLOCK_K)
+        return kernel_per_device(functools.partial(decode_attention, block_k=DECODE_BLOCK_K), mesh, q, k_cache,
+                                 v_cache, q_positions[:, -1] + 1)
 
     def prefill():
-        return flash_attention(q, k_cache[:, :num_queries], v_cache[:, :num_queries], causal=True)
+        return kernel_per_device(functools.partial(flash_attention, causal=True), mesh, q,
+                                 k_cache[:, :num_queries], v_cache[:, :num_queries])
 
     def later_chunk():
         return dot_product_attention(q, k_cache, v_cache, attention_mask(q_positions, kv_positions))

@@ -51,6 +51,7 @@ import optax
 from jax.experimental import topologies
 from jax.sharding import Mesh
 
+from pallas_kernels.compile_target import lowering_for
 from research.config import unfrozen
 from research.models import count_params, make_model
 from research.optim import make_optimizer, make_schedule
@@ -226,7 +227,8 @@ def lower_train_step(config, devices):
     jitted = jax.jit(train_step, in_shardings=(parts.state_shardings, batch_sharding(parts.mesh), None),
                      out_shardings=(parts.state_shardings, None), donate_argnums=0)
     batch = abstract_lm_batch(config.train.batch_size, config.train.seq_len, parts.mesh)
-    return jitted.lower(parts.state, batch, jax.eval_shape(jax.random.key, 0))
+    with lowering_for("tpu"):  # the Pallas kernels (attention_impl "pallas" / "ring") as Mosaic kernels
+        return jitted.lower(parts.state, batch, jax.eval_shape(jax.random.key, 0))
 
 
 def lower_optimizer_update(config, devices):

@@ -10,12 +10,17 @@ import importlib.util
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import pytest
 from jax.experimental import topologies
-from jax.sharding import SingleDeviceSharding
+from jax.sharding import NamedSharding, SingleDeviceSharding
+from jax.sharding import PartitionSpec as P
 
+from pallas_kernels.compile_target import lowering_for
 from pallas_kernels.decode_attention import decode_attention
 from pallas_kernels.flash_attention import flash_attention, flash_attention_backward, flash_attention_with_lse
+from research.models.layers import attention
+from research.parallel.mesh import make_mesh
 
 SEQ, HEAD_DIM = 4096, 128
 ONE_CHIP = {"v5e": "v5e:1x1", "v5p": "v5p:1x1x1"}
@@ -80,3 +85,39 @@ def test_decode_attention_compiles_with_mosaic(chip):
         return decode_attention(q, k, v, lengths, interpret=False)
 
     assert mosaic_kernels(decode, q, cache, cache, lengths) == 1
+
+
+@pytest.mark.parametrize("impl, axes, global_q, local_q", [
+    ("pallas", {"data": 2, "tensor": 2}, "bf16[2,4096,512]", "bf16[1,4096,256]"),
+    ("ring", {"context": 2, "tensor": 2}, "bf16[2,4096,512]", "bf16[2,2048,256]"),
+])
+def test_the_models_attention_on_a_sharded_mesh_compiles_as_per_device_mosaic_kernels(impl, axes, global_q, local_q):
+    """research/models/layers.attention on 4 v5e chips, lowered for TPU from this CPU host as
+    research/parallel/aot.py lowers a train step: every Mosaic kernel works on one device's share of
+    the q columns [b, s, heads·d] (GSPMD cannot partition a Mosaic kernel: without shard_map the
+    compile fails). "pallas" over data 2 × tensor 2: the forward, dQ and dK/dV kernels on [1, 4096, 2·128];
+    "ring" over context 2 × tensor 2: the ring's per-hop kernels on half sequences [2, 2048, 2·128]."""
+    chips = topologies.get_topology_desc(platform="tpu", topology_name="v5e:2x2", chip_config_name="default",
+                                         chips_per_host_bounds=(2, 2, 1), num_slices=1).devices
+    mesh = make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1, "expert": 1, "context": 1,
+                                                **axes}), chips)
+    batch, seq, head = (name if name in mesh.shape else None for name in ("data", "context", "tensor"))
+    heads = NamedSharding(mesh, P(batch, seq, head))
+    q, kv = (jax.ShapeDtypeStruct((2, SEQ, h, HEAD_DIM), jnp.bfloat16, sharding=heads) for h in (4, 2))
+    positions = jax.ShapeDtypeStruct((2, SEQ), jnp.int32, sharding=NamedSharding(mesh, P(batch, seq)))
+
+    def gradients(q, k, v, positions):
+        def loss(*qkv):
+            return attention(*qkv, positions, positions, impl=impl, mesh=mesh).sum(dtype=jnp.float32)
+        return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+    with lowering_for("tpu"):
+        text = jax.jit(gradients).lower(q, kv, kv, positions).compile().as_text()
+    kernels = [line for line in text.splitlines() if MOSAIC_KERNEL in line]
+    assert len(kernels) >= 3
+    assert any(local_q in line for line in kernels) and not any(global_q in line for line in kernels)
+
+
+def test_lowering_for_rejects_an_unknown_target():
+    with pytest.raises(ValueError, match="'cpu' is not one of"), lowering_for("cpu"):
+        pass

@@ -1,14 +1,19 @@
 """The attention dispatch of research/models/layers.py: "pallas" equals "xla" on packed sequences and on
 KV caches (decode steps, a prefill from position 0, a later chunk); "cudnn" and bad settings fail clearly.
 """
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from research import config as config_lib
 from research import config_checks
 from research.models import layers
+from research.parallel.mesh import make_mesh
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
@@ -85,3 +90,29 @@ def test_config_names_attention_impl_when_it_is_unknown():
     assert config_lib.load("configs/llama2.py:tiny", ["model.attention_impl=pallas"]).model.attention_impl == "pallas"
     with pytest.raises(ValueError, match="model.attention_impl: 'flash' is not one of"):
         config_lib.load("configs/llama2.py:tiny", ["model.attention_impl=flash"])
+
+
+def mesh_of(**axes):
+    sizes = {"data": 1, "fsdp": 1, "tensor": 1, "expert": 1, "context": 1, **axes}
+    return make_mesh(ml_collections.ConfigDict(sizes), jax.devices()[:math.prod(sizes.values())])
+
+
+@pytest.mark.parametrize("axes", [{"data": 2, "tensor": 2}, {"fsdp": 2, "expert": 2, "tensor": 2}])
+def test_pallas_on_a_mesh_runs_per_device_and_equals_xla(axes):
+    """Under a sharded jit the kernels run inside shard_map on each device's rows and heads (GSPMD cannot
+    partition a Pallas kernel), for training attention, a decode step and a prefill."""
+    mesh = mesh_of(**axes)
+    q, k, v = normal(0, 4, 24, 4, 16), normal(1, 4, 24, 2, 16), normal(2, 4, 24, 2, 16)
+    segments = jnp.array([[1] * 10 + [2] * 14] * 4)
+    positions = jnp.broadcast_to(jnp.arange(24), (4, 24))
+    decode_positions = jnp.array([[5], [23], [0], [17]])
+
+    def run(impl, mesh):
+        return (layers.attention(q, k, v, positions, positions, segments, segments, impl=impl, mesh=mesh),
+                layers.cached_attention(q[:, :1], k, v, decode_positions, impl=impl, mesh=mesh),
+                layers.cached_attention(q[:, :20], k, v, positions[:, :20], impl=impl, mesh=mesh))
+
+    sharded = jax.jit(functools.partial(run, "pallas", mesh), compiler_options=FAST_COMPILE)
+    assert str(sharded.trace().jaxpr).count("shard_map") == 3
+    for got, want in zip(sharded(), run("xla", None)):
+        np.testing.assert_allclose(got, want, atol=2e-6)
