@@ -86,7 +86,8 @@ def report(rows: dict[str, dict], command: str, args) -> str:
         "path is lowered to one dense matmul over all E experts' weights with the rows of the other "
         "experts masked to zero, E× the FLOPs of the expert matmuls; the capacity path computes "
         "E·C = 1.25·T·k expert rows but pays the one-hot dispatch and combine einsums, "
-        "O(T·E·C·d) = O(T²·d).", "",
+        "O(T·E·C·d) with C = 1.25·G·k/E per capacity group of G tokens (model.moe.capacity_group_size), "
+        "so O(T·G·d).", "",
         "| model | total params | active params | train tok/s | train ms/step | forward tok/s | forward ms |",
         "|---|---|---|---|---|---|---|",
     ]
