@@ -51,6 +51,10 @@ Backends. On CPU the kernels run in interpret mode. Compiled, they target Triton
 Mosaic on TPU (also when a CPU host lowers ahead of time for TPU). The block shapes follow
 Mosaic's rule (last two block dims multiples of (8, 128) or the full array dims) and Triton's
 (tiles that are powers of two of at least 16); `_check_tiling` rejects what the target cannot tile.
+A program holds one head's whole K/V (forward, dQ) or Q/dO (dK/dV) sequence in fast memory: on TPU
+the kernels raise Mosaic's scoped VMEM limit to what their blocks need (`mosaic_vmem_bytes`), so
+with head_dim 128 one chip's VMEM holds sequences up to about 48k tokens on v5p (64 MiB) and 96k on
+v5e/v6e (128 MiB); ring attention splits longer ones over devices.
 """
 import dataclasses
 import functools
@@ -60,6 +64,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels.compile_target import compile_target
@@ -71,6 +76,8 @@ LOG2_E = math.log2(math.e)
 # slower, and longest-first helped it only at seq 1k.
 GPU_LAUNCH = {"blocks_first": frozenset({"dq", "dkdv"}), "longest_first": frozenset({"dq"})}
 TRITON_SHARED_MEMORY = 224 * 1024  # bytes a Hopper thread block may use (227 KiB, less Triton's scratch)
+MOSAIC_DEFAULT_VMEM = 16 * 2**20  # Mosaic's default scoped VMEM limit on v4, v5e, v5p
+MOSAIC_VMEM_HEADROOM = 2 * 2**20  # for Mosaic's internal scratch, on top of the kernel's own buffers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,14 +104,21 @@ class _Tiling:
     def interpret(self):
         return self.target == "interpret"
 
-    def compiler_params(self, kernel: str):
-        """Triton's parameters on GPU (without them Pallas would pick Mosaic GPU); defaults elsewhere.
+    def compiler_params(self, kernel: str, blocks):
+        """The compiler's parameters for `kernel`, whose blocks are `blocks` [(block_shape, dtype)].
 
-        The forward kernel streams K and V tiles through a software pipeline three deep when the
-        tiles and the Q block fit in TRITON_SHARED_MEMORY; the backward kernels, which hold more
-        tiles each, two deep. (H200, seq 4096, causal, bf16, 128 × 128 blocks: three stages made
-        the forward 16% faster; three stages overflow shared memory in the backward kernels.)
+        GPU, Triton's (without them Pallas would pick Mosaic GPU): the forward kernel streams K and V
+        tiles through a software pipeline three deep when the tiles and the Q block fit in
+        TRITON_SHARED_MEMORY; the backward kernels, which hold more tiles each, two deep. (H200,
+        seq 4096, causal, bf16, 128 × 128 blocks: three stages made the forward 16% faster; three
+        stages overflow shared memory in the backward kernels.)
+        TPU, Mosaic's scoped VMEM limit when the blocks need more than its default
+        (`mosaic_vmem_bytes`): a kernel holds one head's whole K/V (or Q/dO) sequence, which
+        passes the default 16 MiB at seq 16384 with head_dim 128.
         """
+        if self.target == "tpu":
+            need = mosaic_vmem_bytes(blocks, self.block_q, self.block_k, self.head_dim)
+            return pltpu.CompilerParams(vmem_limit_bytes=need) if need > MOSAIC_DEFAULT_VMEM else None
         if self.target != "gpu":
             return None
         forward_bytes = (self.block_q + 2 * 3 * self.block_k) * self.head_dim * self.itemsize
@@ -335,6 +349,24 @@ def _check_tiling(t):
                          "than one head (each head is a column block of [b, s, heads·head_dim])")
 
 
+def mosaic_vmem_bytes(blocks, block_q: int, block_k: int, head_dim: int) -> int:
+    """VMEM a Mosaic kernel with these blocks needs: every in/out block twice (Pallas double-buffers
+    them), each padded to whole (8·4/itemsize sublanes, 128 lanes) tiles, plus the float32 working
+    tiles (scores, probabilities, dS: a few [block_q, block_k]; accumulators [block, head_dim]) and
+    MOSAIC_VMEM_HEADROOM for the compiler's own scratch; rounded up to MiB."""
+    def padded_bytes(shape, dtype):
+        itemsize = jnp.dtype(dtype).itemsize
+        *leading, rows, cols = [1 if size is None else size for size in (1, *shape)]
+        rows = -(-rows // (8 * 4 // itemsize)) * (8 * 4 // itemsize)
+        cols = -(-cols // 128) * 128
+        return math.prod(leading) * rows * cols * itemsize
+
+    buffers = 2 * sum(padded_bytes(shape, dtype) for shape, dtype in blocks)
+    working = 4 * (4 * block_q * block_k + 2 * max(block_q, block_k) * head_dim)
+    need = buffers + working + MOSAIC_VMEM_HEADROOM
+    return -(-need // 2**20) * 2**20
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _flash_attention(q, k, v, q_segment_ids, kv_segment_ids, tiling):
     return _forward(q, k, v, q_segment_ids, kv_segment_ids, tiling)[0]
@@ -347,16 +379,12 @@ def _forward(q, k, v, q_segment_ids, kv_segment_ids, t):
     v_cols = _to_columns(v, t.kv_len_padded)
     segments_for_q = _segment_inputs(q_segment_ids, kv_segment_ids, t, for_kv_blocks=False)
     specs = _BlockSpecs(t, "forward")
-    out_cols, lse = pl.pallas_call(
-        functools.partial(_forward_kernel, t=t),
-        grid=t.grid("forward", t.num_q_blocks),
+    out_cols, lse = _pallas_call(
+        _forward_kernel, t, "forward", t.num_q_blocks,
         in_specs=[specs.q_block, specs.kv_all, specs.kv_all, *specs.segments_for_q_block],
         out_specs=[specs.q_block, specs.stats_block],
         out_shape=[jax.ShapeDtypeStruct(q_cols.shape, q.dtype),
                    jax.ShapeDtypeStruct((t.batch, t.num_heads, t.q_len_padded, 1), jnp.float32)],
-        interpret=t.interpret,
-        compiler_params=t.compiler_params("forward"),
-        name="flash_attention_forward",
     )(q_cols, k_cols, v_cols, *segments_for_q)
     outputs = (_from_columns(out_cols, t.q_len, t.num_heads), _lse_from_kernel(lse, t))
     return outputs, (q_cols, k_cols, v_cols, q_segment_ids, kv_segment_ids, out_cols, lse)
@@ -374,30 +402,22 @@ def _backward(t, residuals, cotangents):
     if d_lse is not None:
         delta = delta - _lse_to_kernel(d_lse, t)
     specs = _BlockSpecs(t, "dq")
-    dq_cols = pl.pallas_call(
-        functools.partial(_dq_kernel, t=t),
-        grid=t.grid("dq", t.num_q_blocks),
+    dq_cols = _pallas_call(
+        _dq_kernel, t, "dq", t.num_q_blocks,
         in_specs=[specs.q_block, specs.kv_all, specs.kv_all, specs.q_block, specs.stats_block,
                   specs.stats_block, *specs.segments_for_q_block],
         out_specs=specs.q_block,
         out_shape=jax.ShapeDtypeStruct(q_cols.shape, q_cols.dtype),
-        interpret=t.interpret,
-        compiler_params=t.compiler_params("backward"),
-        name="flash_attention_dq",
     )(q_cols, k_cols, v_cols, d_out_cols, lse, delta, *segments_for_q)
     partial_dtype = k_cols.dtype if t.group == 1 else jnp.float32
     partial_shape = (t.batch, t.kv_len_padded, t.num_heads * t.head_dim)
     specs = _BlockSpecs(t, "dkdv")
-    dk_cols, dv_cols = pl.pallas_call(
-        functools.partial(_dkdv_kernel, t=t),
-        grid=t.grid("dkdv", t.num_kv_blocks),
+    dk_cols, dv_cols = _pallas_call(
+        _dkdv_kernel, t, "dkdv", t.num_kv_blocks,
         in_specs=[specs.q_all, specs.kv_block, specs.kv_block, specs.q_all, specs.stats_rows,
                   specs.stats_rows, *specs.segments_for_kv_block],
         out_specs=[specs.kv_block_per_query_head, specs.kv_block_per_query_head],
         out_shape=[jax.ShapeDtypeStruct(partial_shape, partial_dtype)] * 2,
-        interpret=t.interpret,
-        compiler_params=t.compiler_params("backward"),
-        name="flash_attention_dkdv",
     )(q_cols, k_cols, v_cols, d_out_cols, _as_rows(lse, t), _as_rows(delta, t), *segments_for_kv)
     dq = _from_columns(dq_cols, t.q_len, t.num_heads)
     dk = _sum_over_groups(dk_cols, t).astype(k_cols.dtype)
@@ -406,6 +426,22 @@ def _backward(t, residuals, cotangents):
 
 
 _flash_attention.defvjp(_forward, _backward)
+
+
+def _pallas_call(kernel, t, name, num_blocks, *, in_specs, out_specs, out_shape):
+    """`pallas_call` of kernel `name` ("forward", "dq" or "dkdv") over its grid of `num_blocks` blocks,
+    with the target's compiler parameters; returns a function of the kernel's inputs."""
+
+    def call(*inputs):
+        outputs = out_shape if isinstance(out_shape, list) else [out_shape]
+        specs = [*in_specs, *(out_specs if isinstance(out_specs, list) else [out_specs])]
+        blocks = [(spec.block_shape, x.dtype) for spec, x in zip(specs, [*inputs, *outputs], strict=True)]
+        return pl.pallas_call(
+            functools.partial(kernel, t=t), grid=t.grid(name, num_blocks), in_specs=in_specs, out_specs=out_specs,
+            out_shape=out_shape, interpret=t.interpret, compiler_params=t.compiler_params(name, blocks),
+            name=f"flash_attention_{name}")(*inputs)
+
+    return call
 
 
 class _BlockSpecs:

@@ -18,7 +18,13 @@ from jax.sharding import PartitionSpec as P
 
 from pallas_kernels.compile_target import lowering_for
 from pallas_kernels.decode_attention import decode_attention
-from pallas_kernels.flash_attention import flash_attention, flash_attention_backward, flash_attention_with_lse
+from pallas_kernels.flash_attention import (
+    MOSAIC_VMEM_HEADROOM,
+    flash_attention,
+    flash_attention_backward,
+    flash_attention_with_lse,
+    mosaic_vmem_bytes,
+)
 from research.models.layers import attention
 from research.parallel.mesh import make_mesh
 
@@ -59,6 +65,29 @@ def test_flash_attention_forward_and_backward_compile_with_mosaic(chip):
         return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
 
     assert mosaic_kernels(gradients, q, kv, kv, ids) == 3
+
+
+@pytest.mark.parametrize("chip, seq", [("v5e", 16384), ("v5p", 16384), ("v5e", 65536)])
+def test_long_sequences_compile_with_a_raised_vmem_limit(chip, seq):
+    """One head's whole K/V (and Q/dO) sequence sits in VMEM: past Mosaic's default 16 MiB scoped limit
+    (seq 16384 at head_dim 128) the kernels ask for what their blocks need, within the chip's VMEM."""
+    q, kv = on_chip(chip, ((1, seq, 2, HEAD_DIM), jnp.bfloat16), ((1, seq, 1, HEAD_DIM), jnp.bfloat16))
+
+    def gradients(q, k, v):
+        def loss(*qkv):
+            return flash_attention(*qkv, causal=True, interpret=False).sum(dtype=jnp.float32)
+        return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+    assert mosaic_kernels(gradients, q, kv, kv) == 3
+
+
+def test_vmem_estimate_pads_blocks_to_tiles_and_double_buffers_them():
+    """A bf16 [1, 100, 128] block pads to 112 rows (16-row bf16 tiles), an f32 [1, 128, 1] one to 128 lanes."""
+    blocks = [((None, 100, 128), jnp.bfloat16), ((None, 128, 1), jnp.float32)]
+    buffers = 2 * (112 * 128 * 2 + 128 * 128 * 4)
+    working = 4 * (4 * 128 * 64 + 2 * 128 * 128)
+    want = buffers + working + MOSAIC_VMEM_HEADROOM
+    assert mosaic_vmem_bytes(blocks, block_q=128, block_k=64, head_dim=128) == -(-want // 2**20) * 2**20
 
 
 def test_flash_blocks_of_ring_attention_compile_with_mosaic():
