@@ -21,17 +21,15 @@ Speed-ups compare each baseline with the fastest Pallas block shape at that leng
 the Pallas forward and gradients are checked against the float32 reference on this device (causal
 and not, grouped-query heads, packed segments, a length that is not a multiple of the block); the
 largest absolute errors go in the table. A program that runs out of memory is reported as OOM.
-Imports only jax, pallas_kernels and scripts/hardware.py, so it runs on a bare accelerator image.
-On CPU the Pallas kernels run in the interpreter: such numbers only show that the script works,
-not how fast the kernels are.
+Imports only jax, pallas_kernels, scripts/hardware.py and scripts/timing.py, so it runs on a bare
+accelerator image. On CPU the Pallas kernels run in the interpreter: such numbers only show that
+the script works, not how fast the kernels are.
 """
 
 import argparse
 import functools
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +37,7 @@ import jax.numpy as jnp
 from pallas_kernels.attention_reference import attention_reference
 from pallas_kernels.flash_attention import flash_attention
 from scripts.hardware import describe_hardware
+from scripts.timing import median_seconds
 
 HEAD_DIM = 128
 GOAL_SEQ = 4096  # the issue's goal: at seq 4096, causal, forward ≥ 0.8× cuDNN and ≥ 3× the XLA reference
@@ -120,17 +119,6 @@ def programs(attention, causal: bool):
         return vjp(d_out)
 
     return jax.jit(forward), jax.jit(forward_backward)
-
-
-def median_seconds(program, args, repeats: int) -> float:
-    """One warm-up call (it compiles), then the median of `repeats` timed calls."""
-    jax.block_until_ready(program(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(program(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def timed_or_oom(program, args, repeats: int):

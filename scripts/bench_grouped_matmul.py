@@ -11,23 +11,23 @@ The T·k (token, choice) rows of one MoE layer, x [T·k, d], go through their ex
                path at capacity factor 1.25; its extra 25% of padded slots is not credited)
 Group sizes are drawn once from a multinomial over experts with a seeded uniform router, so every
 expert has about T·k/E rows. The forward time is the median of `repeats` calls after a warm-up;
-`forward+backward` differentiates in x and W (output cotangent all ones). A ragged_dot that runs as E dense matmuls over all
-rows (with the other groups masked) would show ≈ E× the dense time: the table tells whether this
-backend groups for real. Imports only jax and scripts/hardware.py.
+`forward+backward` differentiates in x and W (output cotangent all ones). A ragged_dot that runs as
+E dense matmuls over all rows (with the other groups masked) would show ≈ E× the dense time: the
+table tells whether this backend groups for real. Imports only jax, scripts/hardware.py and
+scripts/timing.py.
 """
 
 import argparse
 import math
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from scripts.hardware import describe_hardware
+from scripts.timing import median_seconds
 
 CAPACITY_FACTOR = 1.25
 
@@ -59,17 +59,6 @@ def programs(experts: int, rows: int):
 
     return {name: (jax.jit(f), jax.jit(with_backward(f)))
             for name, f in (("dense", dense), ("ragged_dot", ragged), ("capacity", batched))}
-
-
-def median_seconds(program, args, repeats: int) -> float:
-    """One warm-up call (it compiles), then the median of `repeats` timed calls."""
-    jax.block_until_ready(program(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(program(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def measure(args) -> list[dict]:
