@@ -76,7 +76,7 @@ LOG2_E = math.log2(math.e)
 # slower, and longest-first helped it only at seq 1k.
 GPU_LAUNCH = {"blocks_first": frozenset({"dq", "dkdv"}), "longest_first": frozenset({"dq"})}
 TRITON_SHARED_MEMORY = 224 * 1024  # bytes a Hopper thread block may use (227 KiB, less Triton's scratch)
-MOSAIC_DEFAULT_VMEM = 16 * 2**20  # Mosaic's default scoped VMEM limit on v4, v5e, v5p
+MOSAIC_DEFAULT_VMEM = 16 * 2**20  # Mosaic's default scoped VMEM limit on v5e and v5p (16.1 MiB failed on both)
 MOSAIC_VMEM_HEADROOM = 2 * 2**20  # for Mosaic's internal scratch, on top of the kernel's own buffers
 
 
