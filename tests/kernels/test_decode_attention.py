@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pallas_kernels import decode_attention as decode_attention_module
 from pallas_kernels.attention_reference import decode_attention_reference
 from pallas_kernels.decode_attention import decode_attention
 from pallas_kernels.flash_attention import flash_attention
@@ -142,3 +143,13 @@ def test_blocks_the_compile_target_cannot_tile_raise_value_error(monkeypatch, ba
     q, cache, lengths = shapes(head_dim=head_dim, cache_len=256)
     with pytest.raises(ValueError, match=message):
         decode_attention(q, cache, cache, lengths, block_k=block_k, interpret=False)
+
+
+def test_decode_kernel_lowers_through_triton_for_a_gpu(monkeypatch):
+    """The flash-decoding kernel lowers to Triton (checked on this CPU host, nothing runs)."""
+    monkeypatch.setattr(decode_attention_module, "compile_target", lambda interpret: "gpu")
+    q = jax.ShapeDtypeStruct((4, 1, 8, 128), BF16)
+    cache = jax.ShapeDtypeStruct((4, 1024, 2, 128), BF16)
+    lengths = jax.ShapeDtypeStruct((4,), jnp.int32)
+    lowered = jax.jit(decode_attention).trace(q, cache, cache, lengths).lower(lowering_platforms=("cuda",))
+    assert lowered.as_text().count("__gpu$xla.gpu.triton") == 1
