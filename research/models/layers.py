@@ -205,9 +205,9 @@ def attention(q, k, v, q_positions, kv_positions, q_segment_ids=None, kv_segment
     """
     _check_impl(impl, q.dtype)
     if uses_ring_attention(impl, mesh):
+        batch_axes, head_axes = batch_and_head_axes(mesh, q, k)
         return ring_attention(q, k, v, mesh, axis_name=CONTEXT_AXIS, causal=True, segment_ids=q_segment_ids,
-                              layout="zigzag", batch_axes=dividing_mesh_axes(mesh, "batch", q.shape[0]),
-                              head_axis=dividing_mesh_axes(mesh, "heads", k.shape[2]))
+                              layout="zigzag", batch_axes=batch_axes, head_axis=head_axes)
     if impl in ("pallas", "ring"):
         return kernel_per_device(lambda q, k, v, ids: flash_attention(q, k, v, causal=True, segment_ids=ids),
                                  mesh, q, k, v, q_segment_ids)
@@ -232,8 +232,7 @@ def kernel_per_device(kernel, mesh, q, k, *arrays):
     """
     if mesh is None:
         return kernel(q, k, *arrays)
-    batch = dividing_mesh_axes(mesh, "batch", q.shape[0])
-    heads = dividing_mesh_axes(mesh, "heads", k.shape[2])
+    batch, heads = batch_and_head_axes(mesh, q, k)
 
     def spec(x):
         if x is None:
@@ -243,6 +242,12 @@ def kernel_per_device(kernel, mesh, q, k, *arrays):
     inputs = (q, k, *arrays)
     return jax.shard_map(kernel, mesh=mesh, in_specs=tuple(spec(x) for x in inputs), out_specs=spec(q),
                          check_vma=False)(*inputs)
+
+
+def batch_and_head_axes(mesh, q, k):
+    """The mesh axes that split q's batch and, where they divide the K/V heads of k (so every device
+    keeps whole groups of query heads), the heads; None for a dimension they do not divide."""
+    return dividing_mesh_axes(mesh, "batch", q.shape[0]), dividing_mesh_axes(mesh, "heads", k.shape[2])
 
 
 def uses_ring_attention(impl: str, mesh) -> bool:
