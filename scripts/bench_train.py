@@ -42,11 +42,12 @@ def measure(config, steps: int, batch: int, seq: int, peak: float) -> dict:
     params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, seq), jnp.int32))["params"])
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
     data = random_batch(batch, seq, config.model.vocab_size, jax.random.key(1))
-    state, metrics = step_fn(state, data, jax.random.key(2))  # compile
+    step_rng = jax.random.key(2)
+    state, metrics = step_fn(state, data, step_rng)  # compile
     jax.block_until_ready(metrics)
     start = time.perf_counter()
     for _ in range(steps):
-        state, metrics = step_fn(state, data, jax.random.key(2))
+        state, metrics = step_fn(state, data, step_rng)
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / steps
     matmul_params = count_params(config.model)["active"] - config.model.vocab_size * config.model.dim
