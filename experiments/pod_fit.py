@@ -214,8 +214,9 @@ def write_markdown(path: Path, rows: list[str], tries: dict) -> None:
         "research/parallel/mesh.constrain), and make_mesh splits physical torus axes when a mesh axis is no "
         "product of torus sides, so pure FSDP and fsdp × tensor meshes on any slice are both tried for real.",
         "- Attention: the XLA path materialises float32 scores [heads, 4096, 4096] per sequence and moves them "
-        "through HBM in the forward pass, its recomputation and the backward pass; a flash-attention kernel in "
-        "the step would change both the memory and the byte count.",
+        "through HBM in the forward pass, its recomputation and the backward pass. With "
+        "`model.attention_impl=pallas` the step runs the project's flash kernels instead (Mosaic kernels, per "
+        "device); XLA does not count a custom kernel's FLOPs, so this table's costs need XLA attention.",
         "",
         "## Every compile tried",
         "",
