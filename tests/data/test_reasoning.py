@@ -6,7 +6,13 @@ import pytest
 
 from research.data import tokenizer
 from research.data.reasoning import (
-    ReasoningResponse, format_example, format_prompt, parse_completion, parse_response, stop_ids)
+    ReasoningResponse,
+    format_example,
+    format_prompt,
+    parse_completion,
+    parse_response,
+    stop_ids,
+)
 
 MESSAGES = [
     {"role": "system", "content": "Answer with a number."},

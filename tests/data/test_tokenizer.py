@@ -1,8 +1,7 @@
 """research/data/tokenizer.py: byte and SentencePiece tokenizers."""
 
-import os
-
 import io
+import os
 
 import ml_collections
 import numpy as np

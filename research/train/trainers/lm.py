@@ -20,10 +20,10 @@ from research.data.pipeline import make_lm_batches
 from research.data.tokenizer import get_tokenizer
 from research.decoding.sampling import generate
 from research.models import count_params, make_model
+from research.models.moe import MOE_COLLECTION
 from research.optim import make_optimizer, make_schedule
 from research.parallel.grad_sync import data_parallel
 from research.train.flops import flops_per_token
-from research.models.moe import MOE_COLLECTION
 from research.train.losses import weighted_nll_sum
 from research.train.moe_aux import METRICS, auxiliary_loss, layer_statistics, moe_metrics
 from research.train.state import TrainState
