@@ -30,7 +30,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from research.models.family import ModelFamily
 from research.models.layers import Attention, RMSNorm, SwiGLU, llama_hidden_dim, param_with_axes, uses_ring_attention
+from research.models.llama_checks import validate_llama_experiment
 from research.models.moe import MOE_COLLECTION, MoeFeedForward
 from research.parallel.mesh import constrain, context_parallel_size
 from research.parallel.ring_attention import zigzag_order
@@ -230,3 +232,11 @@ def init_cache(config, batch_size: int, max_len: int, dtype=None):
     dtype = jnp.dtype(config.dtype if dtype is None else dtype)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
             "lengths": jnp.zeros((batch_size,), jnp.int32)}
+
+
+def init_tokens(config) -> tuple:
+    """What `Llama.init` traces: one row of one token (parameter shapes do not depend on it)."""
+    return (jax.ShapeDtypeStruct((1, 1), jnp.int32),)
+
+
+FAMILY = ModelFamily(build=Llama, init_inputs=init_tokens, validate=validate_llama_experiment)

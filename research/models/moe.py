@@ -83,7 +83,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from research.models.layers import SwiGLU, param_with_axes
-from research.parallel.mesh import mesh_axis_names
+from research.parallel.mesh import mesh_axis_names, mesh_axis_size
 
 MOE_COLLECTION = "moe"
 ROUTERS = ("softmax_topk", "topk_softmax")
@@ -296,11 +296,6 @@ def local_routed_experts(tokens, weights, experts, expert_weights: ExpertWeights
     return dropless_experts(tokens, weights, experts, expert_weights, dtype)
 
 
-def expert_axis_size(mesh) -> int:
-    """The size of the mesh's `expert` axis (1 without a mesh or without the axis)."""
-    return 1 if mesh is None else dict(mesh.shape).get(EXPERT_AXIS, 1)
-
-
 def token_axes_of(mesh) -> tuple[str, ...]:
     """The mesh axes that split the b·s tokens inside the expert-parallel shard_map: the batch's,
     then the sequence's (research/parallel/mesh.py's rules), so flattening [b, s] moves nothing."""
@@ -354,7 +349,7 @@ class MoeFeedForward(nn.Module):
     @nn.compact
     def __call__(self, x):
         moe = self.moe
-        check_moe_config(moe, expert_axis_size(self.mesh))
+        check_moe_config(moe, mesh_axis_size(self.mesh, EXPERT_AXIS))
         batch, seq, dim = x.shape
         num_experts, hidden = moe.num_experts, moe.expert_hidden_dim
         router = param_with_axes(self, "router", nn.initializers.normal(stddev=dim**-0.5), (dim, num_experts),

@@ -22,10 +22,12 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
 CONTEXT_AXIS = "context"
+CONFIG_MESH_AXES = MESH_AXES + (CONTEXT_AXIS,)  # the fields of `config.mesh`
 
 # logical axis name -> mesh axes (None = replicated). Parameters: embed over fsdp,
 # heads/mlp/vocab over tensor (Megatron), experts over expert. Activations: batch, seq.
 # Rules that name an axis a mesh lacks mean "replicated" on that mesh (`rules_for`).
+# These are the LLaMA family's rules and every family's starting point (`extend_rules`).
 LOGICAL_AXIS_RULES = (
     ("batch", ("data", "fsdp", "expert")),
     ("embed", "fsdp"),
@@ -88,15 +90,22 @@ def accelerator_grid(shape, devices) -> np.ndarray:
         return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
 
 
-def rules_for(mesh: Mesh):
-    """LOGICAL_AXIS_RULES with the mesh axes that `mesh` lacks dropped (those dimensions stay replicated)."""
+def extend_rules(extra, base=LOGICAL_AXIS_RULES) -> tuple:
+    """`base` with the rules of `extra` (pairs logical name -> mesh axes) added or, for a name
+    `base` has too, replacing its rule: how a model family states its own axes."""
+    names = {name for name, _ in extra}
+    return tuple(rule for rule in base if rule[0] not in names) + tuple(extra)
+
+
+def rules_for(mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+    """`rules` with the mesh axes that `mesh` lacks dropped (those dimensions stay replicated)."""
 
     def present(mesh_axes_of_rule):
         if mesh_axes_of_rule is None or isinstance(mesh_axes_of_rule, str):
             return mesh_axes_of_rule if mesh_axes_of_rule in mesh.axis_names else None
         return tuple(a for a in mesh_axes_of_rule if a in mesh.axis_names) or None
 
-    return tuple((logical, present(physical)) for logical, physical in LOGICAL_AXIS_RULES)
+    return tuple((logical, present(physical)) for logical, physical in rules)
 
 
 def mesh_axes_for(logical: str, mesh: Mesh):
@@ -129,32 +138,58 @@ def constrain(x, logical_axes, mesh: Mesh | None):
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
+def mesh_axis_size(mesh: Mesh | None, axis: str) -> int:
+    """The size of mesh axis `axis`; 1 without a mesh or when the mesh lacks that axis."""
+    return 1 if mesh is None else dict(mesh.shape).get(axis, 1)
+
+
 def context_parallel_size(mesh: Mesh | None) -> int:
-    """How many devices split each sequence (the `context` axis); 1 without a mesh or that axis."""
-    return 1 if mesh is None else dict(mesh.shape).get(CONTEXT_AXIS, 1)
+    """How many devices split each sequence (the `context` axis)."""
+    return mesh_axis_size(mesh, CONTEXT_AXIS)
 
 
-def logical_to_sharding(logical_specs, mesh: Mesh):
+def logical_to_sharding(logical_specs, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
     """Maps a pytree of logical `PartitionSpec`s to `NamedSharding`s on `mesh`."""
-    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules_for(mesh))
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules_for(mesh, rules))
 
 
-def sharded_abstract_state(init_state, mesh: Mesh, key):
-    """(abstract unboxed state with shardings, shardings) of `init_state(key)` from its
-    parameters' logical axes; nothing is allocated."""
-    boxed = jax.eval_shape(init_state, key)
-    shardings = logical_to_sharding(nn.get_partition_spec(boxed), mesh)
+def sharded_abstract(boxed, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+    """(unboxed `jax.ShapeDtypeStruct`s carrying their shardings, the shardings) of a pytree of
+    abstract values boxed with logical axes (`nn.LogicallyPartitioned`; unboxed leaves are replicated)."""
+    shardings = logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             nn.meta.unbox(boxed), shardings)
     return abstract, shardings
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis over `data` × `fsdp` × `expert` (outside the experts, the expert axis is
-    one more data axis), the sequence axis over `context` if the mesh has it."""
-    if CONTEXT_AXIS in mesh.axis_names:
-        return NamedSharding(mesh, PartitionSpec(mesh_axes_for("batch", mesh), CONTEXT_AXIS))
-    return NamedSharding(mesh, PartitionSpec(mesh_axes_for("batch", mesh)))
+def sharded_abstract_state(init_state, mesh: Mesh, key, rules=LOGICAL_AXIS_RULES):
+    """`sharded_abstract` of `init_state(key)`, from its parameters' logical axes; nothing is allocated."""
+    return sharded_abstract(jax.eval_shape(init_state, key), mesh, rules)
+
+
+def check_divides(abstract, what: str, fix: str = "change config.mesh") -> None:
+    """Raises ValueError naming the first leaf of `abstract` (sharded `ShapeDtypeStruct`s) with a
+    dimension that its mesh axes do not split evenly, e.g. a batch of 6 rows over 4 data shards."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(abstract):
+        mesh = leaf.sharding.mesh
+        for size, axes in zip(leaf.shape, leaf.sharding.spec):
+            names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+            ways = math.prod(mesh.shape[name] for name in names)
+            if size % ways:
+                raise ValueError(f"{what} {jax.tree_util.keystr(path)} of shape {leaf.shape}: a dimension of {size} "
+                                 f"is not divisible by mesh axes {names} of size {ways}; {fix}")
+
+
+def token_batch_axes(ndim: int = 2) -> tuple:
+    """The logical axes of a token batch leaf `[batch, seq, ...]`: rows over the data axes
+    (`data` × `fsdp` × `expert`; outside the experts the expert axis is one more data axis), the
+    sequence over `context` when the mesh has it."""
+    return ("batch", "seq") + (None,) * (ndim - 2)
+
+
+def batch_sharding(mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> NamedSharding:
+    """The sharding of a `[batch, seq]` token leaf (`token_batch_axes`)."""
+    return logical_to_sharding(PartitionSpec(*token_batch_axes()), mesh, rules)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
