@@ -50,7 +50,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.update(dim=64, num_layers=2, num_heads=4, num_kv_heads=2, hidden_dim=176,
                         vocab_size=512, max_seq_len=128)
     config.train.update(steps=args.steps, batch_size=16, seq_len=128, log_every=max(1, args.steps // 30),
-                        eval_every=0, eval_batches=0, checkpoint_every=100, sample_prompts=())
+                        eval_every=0, eval_batches=0, checkpoint_every=100)
+    config.evals.samples.prompts = ()
     config.optimizer.update(name=args.optimizer, learning_rate=4e-3, b1=0.9, b2=0.999, eps=1e-8,
                             grad_clip_norm=0.0, warmup_steps=max(1, args.steps // 20), decay_mask="matrices")
     config.optimizer.decay_per_step = 0.0

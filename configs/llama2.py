@@ -28,7 +28,7 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
     dim, layers, heads, kv_heads, hidden, multiplier, multiple_of, vocab, max_len = MODELS[variant]
     full_size = variant in ("7b", "13b", "70b")
     return ml_collections.ConfigDict(dict(
-        vocab_size=vocab, dim=dim, num_layers=layers, num_heads=heads, num_kv_heads=kv_heads,
+        family="llama", vocab_size=vocab, dim=dim, num_layers=layers, num_heads=heads, num_kv_heads=kv_heads,
         hidden_dim=config_dict.placeholder(int) if hidden is None else hidden,
         ffn_dim_multiplier=config_dict.placeholder(float) if multiplier is None else multiplier,
         multiple_of=multiple_of, max_seq_len=max_len, norm_eps=1e-5, rope_theta=10000.0,
@@ -62,10 +62,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         eval_every=100 if tiny else 2000,
         eval_batches=8 if tiny else 100,
         checkpoint_every=100 if tiny else 1000,
+        checkpoint_every_minutes=0.0 if tiny else 30.0,  # also save by time (0: by steps only)
         max_checkpoints=3,
-        sample_prompts=("The ", "A class ", "In Python, "),
-        sample_tokens=32,
+        allow_config_change=False,  # resume with a config of another meaning (the old one kept as config.<step>.json)
+        allowed_changes=(),  # fields a resume may change besides the cadences (research/train/workdir.py)
+        fresh_start=False,  # a workdir with an earlier run's output but no usable checkpoint: move it aside
+        profile_steps=(),  # (first, last): a jax.profiler trace of those steps in <workdir>/profile
     ))
+    # Evaluators (research/train/evaluators.py), each at its own cadence (0: only at the end).
+    config.evals = ml_collections.ConfigDict(dict(
+        eval=dict(kind="loss", every=config.train.get_ref("eval_every"), batches=config.train.get_ref("eval_batches")),
+        samples=dict(kind="samples", every=0, prompts=("The ", "A class ", "In Python, "), max_new_tokens=32,
+                     temperature=0.8, top_k=40),
+    ))
+    # Where the first state comes from (research/train/init_from.py): kind "none" (random), "run"
+    # (path: an earlier run's workdir; parts "params" or "all") or "hf_llama" (path: a Hugging Face directory).
+    config.init_from = ml_collections.ConfigDict(dict(kind="none", path="", parts="params"))
     config.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=3e-3 if tiny else 3e-4, b1=0.9, b2=0.95, eps=1e-5,
         weight_decay=0.1, decay_mask="matrices", grad_clip_norm=1.0,

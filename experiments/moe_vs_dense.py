@@ -37,15 +37,16 @@ from matplotlib.figure import Figure
 
 from research import config as config_lib
 from research.data import corpus
-from research.data.pipeline import tokenized_documents
+from research.data.pipeline import make_lm_batches, tokenized_documents
 from research.data.tokenizer import get_tokenizer
 from research.models import count_params, make_model
 from research.models.moe import MOE_COLLECTION
-from research.parallel.mesh import make_mesh, sharded_abstract_state
+from research.parallel.mesh import make_mesh
 from research.train import loop
 from research.train.checkpoint import Checkpointer
 from research.train.metrics import read_metrics
 from research.train.moe_aux import layer_statistics
+from research.train.step import step_layout
 from research.train.task import build_task
 
 ARMS = {
@@ -58,7 +59,7 @@ ARMS = {
 DENSE, BALANCED, UNBALANCED = "dense", "moe", "moe_no_balance"
 DEFAULT_ARMS = (DENSE, BALANCED, UNBALANCED)
 COLORS = {"dense": "black", "moe": "tab:blue", "moe_no_balance": "tab:red", "moe_capacity": "tab:green"}
-COMMON = ["train.eval_every=25", "train.sample_prompts=()"]
+COMMON = ["train.eval_every=25", "evals.samples.prompts=()"]
 # A very small model for --quick: the dense FFN width is the MoE's top_k x expert width (2 x 128).
 QUICK_SHAPE = ["model.dim=64", "model.num_layers=2", "model.num_heads=4", "model.num_kv_heads=2",
                "model.vocab_size=260", "data.tokenizer=byte", "train.seq_len=64", "train.batch_size=8",
@@ -100,14 +101,15 @@ def final_expert_load(config, workdir: Path) -> np.ndarray:
     """[MoE layers, E]: the fraction f_i of the top-k assignments that go to expert i, in the final
     checkpoint of the run in `workdir`, over the evaluation batches the loop scores (token-weighted)."""
     mesh = make_mesh(config.mesh, jax.devices()[:1])
-    task = build_task(config, mesh)
-    abstract_state, _ = sharded_abstract_state(task.init_state, mesh, jax.random.key(0))
-    checkpointer = Checkpointer(str(workdir / "checkpoints"))
+    layout = step_layout(build_task(config, mesh), mesh)
+    checkpointer = Checkpointer(str(workdir / "checkpoints"), read_only=True)
     try:
-        _, state, _ = checkpointer.restore_latest(abstract_state)
+        params = checkpointer.restore_params(checkpointer.newest_step(), layout.state.params)
     finally:
         checkpointer.close()
     model = make_model(config.model)
+    batches = make_lm_batches(config.data, get_tokenizer(config.data), split="validation",
+                              batch_size=config.train.batch_size, seq_len=config.train.seq_len, seed=0, num_epochs=1)
 
     @jax.jit
     def expert_load(params, batch):
@@ -116,10 +118,10 @@ def final_expert_load(config, workdir: Path) -> np.ndarray:
         return layer_statistics(variables[MOE_COLLECTION])["expert_load"]
 
     loads, weights = [], []
-    for index, batch in enumerate(task.eval_batches()):
+    for index, batch in enumerate(batches):
         if index >= config.train.eval_batches:
             break
-        loads.append(np.asarray(expert_load(state.params, batch)))
+        loads.append(np.asarray(expert_load(params, batch)))
         weights.append(float(batch["weights"].sum()))
     return np.average(np.stack(loads), axis=0, weights=weights)
 

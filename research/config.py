@@ -50,6 +50,8 @@ def parse_value(text: str, current, field: str):
         return text
     if text == "None":
         return None
+    if isinstance(current, float) and text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        return float(text)  # parsed, so that validation can say it must be finite
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):

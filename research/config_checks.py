@@ -1,38 +1,49 @@
 """Validation of experiment configs: each check raises `ValueError` naming the field.
 
-Runs in `research.config.load`, before any model is built or compiled.
+Runs in `research.config.load`, before any model is built or compiled: the sections every
+config has here, the model's through its family (`ModelFamily.validate`).
 """
 
-import jax.numpy as jnp
+import math
+
 import ml_collections
+
+from research.models import family_of
+from research.models.family import require
+from research.parallel.mesh import CONFIG_MESH_AXES
 
 REQUIRED_SECTIONS = ("model", "trainer", "optimizer", "data", "mesh", "seed", "train")
 REQUIRED_TRAIN_FIELDS = ("steps", "batch_size", "seq_len", "log_every", "eval_every", "checkpoint_every")
-MESH_AXES = ("data", "fsdp", "tensor", "expert", "context")  # research/parallel/mesh.py
-ATTENTION_IMPLS = ("xla", "pallas", "cudnn", "ring")  # research/models/layers.py
-
-
-def require(condition: bool, field: str, problem: str) -> None:
-    if not condition:
-        raise ValueError(f"config field {field}: {problem}")
+INIT_FROM_KINDS = ("none", "run", "hf_llama")  # what research/train/init_from.py can start from
+INIT_FROM_PARTS = ("params", "all")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Checks the sections every config has, then those of the model family present."""
+    """Checks the sections every config has, then the model through its family."""
     for section in REQUIRED_SECTIONS:
         require(section in config, section, "missing")
+    validate_finite(config)
     validate_train(config.train)
     validate_mesh(config.mesh)
     validate_optimizer(config.optimizer)
-    if "num_heads" in config.model:
-        validate_llama(config.model, config.train.seq_len)
-        validate_context_parallel(config.model, config.train.seq_len, config.mesh)
-    if config.model.get("moe") is not None:
-        validate_moe(config.model, config.mesh)
+    family_of(config.model).validate(config)
+    if "init_from" in config:
+        validate_init_from(config.init_from)
+    if "evals" in config:
+        validate_evals(config.evals)
     if "tokenizer" in config.data:
         validate_data(config.data, config.model)
     if "parallel" in config:
         validate_parallel(config.parallel, config.mesh)
+
+
+def validate_finite(config, prefix: str = "") -> None:
+    """Every float field is a finite number (a NaN or infinite learning rate trains nothing)."""
+    for key, value in config.items():
+        if isinstance(value, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):
+            validate_finite(value, f"{prefix}{key}.")
+        elif isinstance(value, float):
+            require(math.isfinite(value), f"{prefix}{key}", f"must be a finite number, got {value}")
 
 
 def validate_train(train) -> None:
@@ -42,6 +53,13 @@ def validate_train(train) -> None:
         require(train[field] > 0, f"train.{field}", f"must be positive, got {train[field]}")
     for field in ("eval_every", "checkpoint_every"):
         require(train[field] >= 0, f"train.{field}", f"must be >= 0 (0 = never), got {train[field]}")
+    require(train.get("max_checkpoints", 1) >= 1, "train.max_checkpoints",
+            f"must be >= 1 (the newest checkpoint is what a run resumes from), got {train.get('max_checkpoints')}")
+    require(train.get("checkpoint_every_minutes", 0) >= 0, "train.checkpoint_every_minutes",
+            f"must be >= 0 (0 = by steps only), got {train.get('checkpoint_every_minutes')}")
+    profile = tuple(train.get("profile_steps", ()))
+    require(not profile or (len(profile) == 2 and 0 <= profile[0] < profile[1]), "train.profile_steps",
+            f"must be () or (first, last) with 0 <= first < last, got {profile}")
     accum = train.get("grad_accum_steps", 1)
     require(accum >= 1, "train.grad_accum_steps", f"must be >= 1, got {accum}")
     require(train.batch_size % accum == 0, "train.grad_accum_steps",
@@ -49,12 +67,12 @@ def validate_train(train) -> None:
 
 
 def validate_mesh(mesh) -> None:
-    unknown = set(mesh.keys()) - set(MESH_AXES)
-    require(not unknown, "mesh", f"unknown axes {sorted(unknown)}; known axes are {MESH_AXES}")
-    for axis in MESH_AXES:
+    unknown = set(mesh.keys()) - set(CONFIG_MESH_AXES)
+    require(not unknown, "mesh", f"unknown axes {sorted(unknown)}; known axes are {CONFIG_MESH_AXES}")
+    for axis in CONFIG_MESH_AXES:
         size = mesh.get(axis, 1)
         require(size == -1 or size >= 1, f"mesh.{axis}", f"must be -1 or a positive size, got {size}")
-    require(sum(mesh.get(a, 1) == -1 for a in MESH_AXES) <= 1, "mesh", "at most one axis may be -1")
+    require(sum(mesh.get(a, 1) == -1 for a in CONFIG_MESH_AXES) <= 1, "mesh", "at most one axis may be -1")
 
 
 def validate_parallel(parallel, mesh) -> None:
@@ -74,51 +92,22 @@ def validate_optimizer(optimizer) -> None:
             require(optimizer[field] >= 0, f"optimizer.{field}", f"must be >= 0, got {optimizer[field]}")
 
 
-def validate_llama(model, seq_len: int) -> None:
-    for field in ("vocab_size", "dim", "num_layers", "num_heads", "num_kv_heads"):
-        require(model[field] > 0, f"model.{field}", f"must be positive, got {model[field]}")
-    require(model.dim % model.num_heads == 0, "model.num_heads",
-            f"dim {model.dim} is not divisible by num_heads {model.num_heads}")
-    require(model.num_heads % model.num_kv_heads == 0, "model.num_kv_heads",
-            f"num_heads {model.num_heads} is not divisible by num_kv_heads {model.num_kv_heads}")
-    require((model.dim // model.num_heads) % 2 == 0, "model.num_heads",
-            f"head_dim {model.dim // model.num_heads} must be even for RoPE")
-    require(model.hidden_dim is None or model.hidden_dim > 0, "model.hidden_dim",
-            f"must be None (Meta's rule) or positive, got {model.hidden_dim}")
-    require(seq_len <= model.max_seq_len, "train.seq_len",
-            f"{seq_len} exceeds model.max_seq_len {model.max_seq_len}")
-    require(model.remat in ("none", "full", "dots"), "model.remat", f"{model.remat!r} not in none/full/dots")
-    require(model.get("attention_impl", "xla") in ATTENTION_IMPLS, "model.attention_impl",
-            f"{model.get('attention_impl')!r} is not one of {ATTENTION_IMPLS}")
-    try:
-        jnp.dtype(model.dtype)
-    except TypeError:
-        raise ValueError(f"config field model.dtype: {model.dtype!r} is not a dtype") from None
+def validate_init_from(init_from) -> None:
+    """Where the run's first state comes from (research/train/init_from.py)."""
+    require(init_from.kind in INIT_FROM_KINDS, "init_from.kind", f"{init_from.kind!r} is not one of {INIT_FROM_KINDS}")
+    require(init_from.parts in INIT_FROM_PARTS, "init_from.parts",
+            f"{init_from.parts!r} is not one of {INIT_FROM_PARTS}")
+    require((init_from.kind == "none") == (not init_from.path), "init_from.path",
+            "set it (a run's workdir or a Hugging Face directory) exactly when init_from.kind is not 'none'")
+    require(init_from.kind == "run" or init_from.parts == "params", "init_from.parts",
+            "'all' (optimizer state, step and data position too) needs init_from.kind 'run'")
 
 
-def validate_context_parallel(model, seq_len: int, mesh) -> None:
-    """Ring attention cuts each sequence into 2 × context zig-zag chunks."""
-    context = mesh.get("context", 1)
-    if model.get("attention_impl") == "ring" and context > 1:
-        require(seq_len % (2 * context) == 0, "train.seq_len",
-                f"{seq_len} is not divisible by 2 × mesh.context = {2 * context} (ring attention's zig-zag chunks)")
-
-
-def validate_moe(model, mesh) -> None:
-    """The mixture-of-experts fields (research/models/moe.py) and how they meet the layers and the mesh."""
-    from research.models.moe import check_moe_config
-
-    moe = model.moe
-    expert_axis = mesh.get("expert", 1)
-    try:
-        check_moe_config(moe, expert_axis if expert_axis > 0 else 1)
-    except ValueError as error:
-        raise ValueError(f"config field model.{error}") from None
-    require(moe.every_k_layers >= 1, "model.moe.every_k_layers", f"must be >= 1, got {moe.every_k_layers}")
-    require(model.num_layers % moe.every_k_layers == 0, "model.moe.every_k_layers",
-            f"num_layers {model.num_layers} is not divisible by every_k_layers {moe.every_k_layers}")
-    for field in ("load_balancing_weight", "z_loss_weight"):
-        require(moe[field] >= 0, f"model.moe.{field}", f"must be >= 0, got {moe[field]}")
+def validate_evals(evals) -> None:
+    """Each evaluator (research/train/evaluators.py) runs every `every` steps (0: only at the end)."""
+    for name, evaluator in evals.items():
+        require("every" in evaluator, f"evals.{name}.every", "missing")
+        require(evaluator.every >= 0, f"evals.{name}.every", f"must be >= 0 (0 = at the end only), got {evaluator.every}")
 
 
 def validate_data(data, model) -> None:

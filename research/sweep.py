@@ -18,12 +18,16 @@ DIR/<name>` plus the fixed and the trial's overrides, in its own process (output
 DIR/<name>/run.log); its name lists its overrides, `learning_rate=0.001,weight_decay=0.1`.
 `--parallel N` runs N trials at once, each on one thread when N > 1. A rerun skips trials
 that have results.json and resumes the others from their checkpoints; a trial that fails is
-recorded with the tail of its log while the others go on. At the end DIR/results.csv,
+recorded with the tail of its log while the others go on. A trial whose workdir another process
+holds (research/train/workdir_lock.py) is not started but recorded as failed. Trials end with the
+sweep, however it ends: they get SIGTERM (and save a checkpoint) when the sweep is interrupted,
+and, on Linux, when the sweep process dies even by SIGKILL. At the end DIR/results.csv,
 results.md and results.png are written (`research.sweep_report`); the exit status is 1 if
 any trial failed, 2 for bad input.
 """
 
 import argparse
+import ctypes
 import dataclasses
 import hashlib
 import itertools
@@ -32,6 +36,7 @@ import math
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -42,6 +47,7 @@ import ml_collections
 
 from research import config as config_lib
 from research import sweep_report
+from research.train.workdir_lock import is_locked
 
 RANGE_PATTERN = re.compile(r"^(loguniform|uniform)\((.*)\)$")
 UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+=-]")
@@ -52,6 +58,8 @@ RESULTS_FILE = "results.json"
 LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 65536
 POLL_SECONDS = 0.2
+STOP_GRACE_SECONDS = 60  # a trial told to stop (SIGTERM) saves a checkpoint first; then it is killed
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,6 +303,22 @@ def trial_environment(parallel: int) -> dict:
     return env
 
 
+def die_with_parent() -> None:
+    """Runs in a trial's process before it starts: SIGTERM it when the sweep dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM (a run saves its checkpoint and exits), SIGKILL if it has not ended after the grace period."""
+    process.terminate()
+    try:
+        process.wait(STOP_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def is_finished(trial_dir: Path) -> bool:
     return (trial_dir / RESULTS_FILE).exists()
 
@@ -327,7 +351,7 @@ def run_trials(trials: Sequence[Trial], spec: str, fixed: Sequence[str], workdir
                parallel: int) -> dict[str, str]:
     """Runs the trials without results.json, `parallel` processes at a time; returns the log
     tails of the trials that failed, by name. Trials still running if this is interrupted
-    are killed (and resume on the next run)."""
+    are stopped (and resume on the next run)."""
     pending = [trial for trial in trials if not is_finished(workdir / trial.name)]
     done = len(trials) - len(pending)
     env = trial_environment(parallel)
@@ -339,9 +363,14 @@ def run_trials(trials: Sequence[Trial], spec: str, fixed: Sequence[str], workdir
             while pending and len(running) < parallel:
                 trial = pending.pop(0)
                 (workdir / trial.name).mkdir(parents=True, exist_ok=True)
+                holder = is_locked(workdir / trial.name)
+                if holder:
+                    failures[trial.name] = f"not started: {holder}"
+                    continue
                 log = (workdir / trial.name / LOG_FILE).open("ab")
                 process = subprocess.Popen(trial_command(spec, fixed, trial, workdir), stdout=log,
-                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                           preexec_fn=die_with_parent)
                 running[trial.name] = (process, log)
             for name, (process, log) in list(running.items()):
                 if process.poll() is None:
@@ -357,8 +386,7 @@ def run_trials(trials: Sequence[Trial], spec: str, fixed: Sequence[str], workdir
                 time.sleep(POLL_SECONDS)
     finally:
         for process, log in running.values():
-            process.kill()
-            process.wait()
+            stop(process)
             log.close()
     return failures
 

@@ -16,13 +16,14 @@ import pytest
 from research import config as config_lib
 from research import sweep
 from research.sweep_report import TrialOutcome, is_complete_grid, metric_grid, ranked, write_reports
+from research.train.workdir_lock import WorkdirLock, is_locked
 
 SPEC = "configs/llama2.py:tiny"
 MINUTE_RUN = [
     "model.dim=16", "model.num_layers=1", "model.num_heads=2", "model.num_kv_heads=1", "model.hidden_dim=32",
     "model.vocab_size=260", "data.tokenizer=byte", "train.seq_len=16", "train.batch_size=2", "train.steps=60",
     "train.log_every=5", "train.eval_every=0", "train.eval_batches=1", "train.checkpoint_every=20",
-    "train.sample_prompts=()", "optimizer.warmup_steps=1",
+    "evals.samples.prompts=()", "optimizer.warmup_steps=1",
 ]
 # 1e30 diverges: the loss turns non-finite after the first full-size update and the run stops.
 LEARNING_RATES = "optimizer.learning_rate=1e-3,1e30,1e-2"
@@ -34,7 +35,7 @@ FINISHED, DIVERGED, LAST = "learning_rate=1e-3", "learning_rate=1e30", "learning
 def test_value_lists_split_at_top_level_commas():
     assert sweep.parse_sweep_flag("optimizer.learning_rate=1e-4, 3e-4,1e-3") == sweep.ValueList(
         "optimizer.learning_rate", ("1e-4", "3e-4", "1e-3"))
-    assert sweep.parse_sweep_flag("--config.train.sample_prompts=('a, b', 'c'),()").values == (
+    assert sweep.parse_sweep_flag("--config.evals.samples.prompts=('a, b', 'c'),()").values == (
         "('a, b', 'c')", "()")
 
 
@@ -100,8 +101,8 @@ def test_a_range_over_a_text_field_is_refused():
 
 def test_trial_names_are_readable_and_filesystem_safe():
     names = sweep.trial_names([{"optimizer.learning_rate": "1e-3", "optimizer.weight_decay": "0.1"},
-                               {"data.data_dir": "/tmp/a b", "train.sample_prompts": "('x',)"}])
-    assert names == ["learning_rate=1e-3,weight_decay=0.1", "data_dir=_tmp_a_b,sample_prompts=__x___"]
+                               {"data.data_dir": "/tmp/a b", "evals.samples.prompts": "('x',)"}])
+    assert names == ["learning_rate=1e-3,weight_decay=0.1", "data_dir=_tmp_a_b,prompts=__x___"]
     assert sweep.trial_names([{"a.dim": "1", "b.dim": "2"}]) == ["a.dim=1,b.dim=2"]
     assert sweep.trial_names([{}]) == ["base"]
 
@@ -166,6 +167,14 @@ def test_a_trial_directory_of_another_config_is_refused(tmp_path):
     changed = sweep.plan_sweep(SPEC, ["optimizer.learning_rate=1e-3"], [*MINUTE_RUN[:-1], "optimizer.warmup_steps=2"])
     with pytest.raises(ValueError, match="another run"):
         sweep.check_earlier_runs(changed, tmp_path)
+
+
+def test_a_trial_whose_workdir_another_process_holds_is_not_started(tmp_path):
+    trials = sweep.plan_sweep(SPEC, ["optimizer.learning_rate=1e-3"], MINUTE_RUN)
+    with WorkdirLock(tmp_path / trials[0].name):
+        failures = sweep.run_trials(trials, SPEC, MINUTE_RUN, tmp_path, parallel=1)
+    assert failures[trials[0].name].startswith(f"not started: {tmp_path / trials[0].name} is in use by process")
+    assert not (tmp_path / trials[0].name / "run.log").exists()
 
 
 def test_trials_run_single_threaded_only_in_parallel(monkeypatch):
@@ -257,7 +266,7 @@ def test_a_sweep_runs_every_trial_and_records_the_one_that_diverged(finished_swe
     losses = [float(line.split("|")[3]) for line in table_lines(workdir)[2:]]
     assert len(losses) == 2 and losses == sorted(losses)
     failed_section = (workdir / "results.md").read_text().split("## Failed trials")[1]
-    assert DIVERGED in failed_section and "FloatingPointError" in failed_section
+    assert DIVERGED in failed_section and "research.run: loss is nan at step" in failed_section
     assert (workdir / "results.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -267,7 +276,8 @@ def checkpoint_steps(trial_dir):
     return sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) if checkpoints.is_dir() else []
 
 
-def test_a_sweep_killed_with_sigkill_resumes_to_the_same_table(finished_sweep, tmp_path):
+def test_a_sweep_killed_with_sigkill_stops_its_trials_and_resumes_to_the_same_table(finished_sweep, tmp_path):
+    """Only the sweep's own process is killed: its trials get SIGTERM from the kernel, save and end."""
     reference, _ = finished_sweep
     names = (FINISHED, LAST)
     command = sweep_command(tmp_path, "optimizer.learning_rate=" + ",".join(n.partition("=")[2] for n in names),
@@ -282,8 +292,12 @@ def test_a_sweep_killed_with_sigkill_resumes_to_the_same_table(finished_sweep, t
     while not any(mid_run(name) for name in names) and process.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     assert process.poll() is None, "the sweep ended before it could be killed"
-    os.killpg(process.pid, signal.SIGKILL)
+    os.kill(process.pid, signal.SIGKILL)
     process.wait()
+    deadline = time.time() + 120
+    while any(is_locked(tmp_path / name) for name in names) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not any(is_locked(tmp_path / name) for name in names), "a trial outlived the sweep"
     killed = {name: dict(finished=(tmp_path / name / "results.json").exists(),
                          saved_step=(checkpoint_steps(tmp_path / name) or [0])[-1],
                          log=(tmp_path / name / "run.log").read_bytes()) for name in names}

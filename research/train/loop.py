@@ -1,13 +1,18 @@
 """The training loop every trainer shares.
 
-    restore-or-init → for each step: batch → jitted train_step (state donated) → metrics
-    → periodic eval → periodic checkpoint → final eval → results.json
+    restore-or-start (own checkpoint, else config.init_from) → for each step: batch (read, or made
+    from the current state) → jitted train_step (state donated) → metrics → evaluators at their
+    cadence → periodic checkpoint → final evaluation → results.json
 
-Parameters and optimizer state are sharded by their logical axes over the config's
-mesh; batches over `data` × `fsdp`. Randomness: `fold_in(key(seed), step)`, so a resumed
-run draws what an uninterrupted one would. Only process 0 writes files and shows progress.
+The host never waits for the device inside a step: metrics stay on the device until a log step
+(or a checkpoint) fetches them, so the next batch is prepared while the step runs. A non-finite
+loss is found there and stops the run before anything later is saved. The state, the batch source's
+state and each batch leaf are sharded by their logical axes (research/train/step.py). Randomness:
+`fold_in(key(seed), i)` for init (0), steps (1) and batches (2), then `fold_in(·, step)`, so a
+resumed run draws what an uninterrupted one would. Only process 0 writes files and shows progress.
 """
 
+import contextlib
 import json
 import logging
 import math
@@ -17,16 +22,26 @@ from pathlib import Path
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from research.parallel.mesh import batch_sharding, make_mesh, sharded_abstract_state
-from research.train.checkpoint import Checkpointer
+from research.parallel.mesh import make_mesh, sharded_abstract_state
+from research.train import init_from
+from research.train.checkpoint import Checkpointer, NonFiniteState
 from research.train.flops import total_peak_flops
-from research.train.metrics import MetricsWriter
+from research.train.metrics import MetricsWriter, last_logged
+from research.train.preemption import Preempted, PreemptionWatch
+from research.train.profile import ProfileWindow
+from research.train.step import StepLayout, jit_train_step, step_layout
 from research.train.task import Task, build_task
+from research.train.workdir import CONFIG_FILE, RESULTS_FILE, check_config_change, refuse_or_move_aside
+from research.train.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
+
+NO_INIT_FROM = ml_collections.ConfigDict(dict(kind="none", path="", parts="params"))
 
 
 def write_json_atomically(path: Path, payload) -> None:
@@ -38,116 +53,209 @@ def write_json_atomically(path: Path, payload) -> None:
     os.replace(tmp, path)
 
 
-def global_batch(local_batch: dict, sharding) -> dict:
-    """Assembles each process's rows into global arrays sharded over the batch axes."""
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
-
-
-def evaluate(task: Task, eval_step, params, num_batches: int, sharding) -> dict:
-    """Adds up `eval_step` sums over the first `num_batches` eval batches (all if 0)."""
-    totals = None
-    for index, batch in enumerate(task.eval_batches()):
-        if num_batches and index >= num_batches:
-            break
-        sums = eval_step(params, global_batch(batch, sharding))
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    if totals is None:
-        raise ValueError("the eval split produced no batches")
-    return task.summarize_eval(jax.device_get(totals))
+def compile_train_step(task: Task, layout: StepLayout):
+    """The jitted train step compiled for the layout, its per-device memory logged once."""
+    compiled = jit_train_step(task, layout).lower(*layout.step_args()).compile()
+    memory = compiled.memory_analysis()
+    if memory is not None:
+        log.info("train step per device: arguments %.1f MiB, outputs %.1f MiB (%.1f MiB donated), "
+                 "temporaries %.1f MiB, code %.1f MiB", *(value / 2**20 for value in (
+                     memory.argument_size_in_bytes, memory.output_size_in_bytes, memory.alias_size_in_bytes,
+                     memory.temp_size_in_bytes, memory.generated_code_size_in_bytes)))
+    return compiled
 
 
 class Throughput:
-    """Tokens/s and MFU over the steps since the last reading (the first, compiling, step excluded)."""
+    """Tokens/s and MFU over the steps since the last reading; the clock starts after the first step."""
 
-    def __init__(self, tokens_per_step: int, flops_per_step: float, peak_flops: float):
-        self.tokens_per_step, self.flops_per_step, self.peak = tokens_per_step, flops_per_step, peak_flops
-        self.start, self.steps = None, 0
+    def __init__(self, flops_per_token: float, peak_flops: float):
+        self.flops_per_token, self.peak = flops_per_token, peak_flops
+        self.start = None
 
-    def tick(self) -> None:
-        if self.start is None:
-            self.start = time.perf_counter()
-        else:
-            self.steps += 1
+    def begin(self) -> None:
+        self.start = time.perf_counter()
 
     def exclude(self, seconds: float) -> None:
         """Leaves `seconds` of other work (evaluation, checkpointing) out of the current window."""
         if self.start is not None:
             self.start += seconds
 
-    def read(self) -> dict:
-        if not self.steps:
+    def read(self, tokens: float, steps: int) -> dict:
+        """Rates of the `steps` steps (`tokens` tokens) run since the window began; starts a new one."""
+        if self.start is None or not steps:
             return {}
         seconds = time.perf_counter() - self.start
-        steps_per_s = self.steps / seconds
-        self.start, self.steps = time.perf_counter(), 0
-        return {"tokens_per_s": steps_per_s * self.tokens_per_step,
-                "mfu": steps_per_s * self.flops_per_step / self.peak,
-                "step_time_s": 1 / steps_per_s}
+        self.start = time.perf_counter()
+        return {"tokens_per_s": tokens / seconds, "mfu": tokens * self.flops_per_token / seconds / self.peak,
+                "step_time_s": seconds / steps}
+
+
+def kept_checkpoint(last_saved: int, checkpoint_dir) -> str:
+    """What a run that stops on a non-finite value leaves to resume from."""
+    if not last_saved:
+        return "No checkpoint was saved"
+    return f"The last good checkpoint (step {last_saved}) is kept in {checkpoint_dir}"
+
+
+class PendingMetrics:
+    """Each step's metrics, left on the device until `fetch` (a log step or a checkpoint) brings them
+    over; a non-finite loss among them raises FloatingPointError naming its step."""
+
+    def __init__(self, tokens_per_step: int | None):
+        self.tokens_per_step = tokens_per_step
+        self.on_device, self.fetched = [], []
+
+    def add(self, step: int, metrics: dict, *, timed: bool = True) -> None:
+        """`timed`: the step counts towards tokens/s (the first step of a run does not)."""
+        self.on_device.append((step, metrics, timed))
+
+    def fetch(self, last_saved: int, checkpoint_dir) -> None:
+        """Brings the metrics over; FloatingPointError if a loss is not finite."""
+        fetched, self.on_device = jax.device_get(self.on_device), []
+        self.fetched += fetched
+        for step, metrics, _ in fetched:
+            loss = float(metrics["loss"])
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss} at step {step}; stopping. {kept_checkpoint(last_saved, checkpoint_dir)}.")
+
+    def take(self) -> tuple[dict, float, int]:
+        """(the newest step's metrics, tokens and number of the timed steps since the last `take`),
+        of the metrics fetched before."""
+        records, self.fetched = self.fetched, []
+        timed = [metrics for _, metrics, is_timed in records if is_timed]
+        if self.tokens_per_step is None:
+            tokens = sum(float(metrics["tokens"]) for metrics in timed)
+        else:
+            tokens = self.tokens_per_step * len(timed)
+        return records[-1][1], tokens, len(timed)
+
+
+def run_evaluators(evaluators, params, step: int, writer: MetricsWriter, final: bool = False) -> dict:
+    """Runs the evaluators due after `step` (all of them when `final`); logs and returns `<name>_<metric>`."""
+    results = {}
+    for name, evaluator in evaluators.items():
+        if final or evaluator.is_due(step):
+            results.update({f"{name}_{metric}": value for metric, value in evaluator.run(params).items()})
+    if results:
+        writer.write(step, results)
+    return results
+
+
+def due_by_time(minutes: float, last_save: float) -> bool:
+    """Whether `minutes` have passed since the last save (0: never), the same answer on every process."""
+    due = bool(minutes) and time.monotonic() - last_save >= 60 * minutes
+    return bool(multihost_utils.broadcast_one_to_all(np.array(due))) if jax.process_count() > 1 else due
 
 
 def train(config, workdir: str, *, devices=None) -> dict:
-    """Runs (or resumes) the experiment `config` in `workdir` on `devices` (default: all);
-    returns the final results."""
+    """Runs (or resumes) the experiment `config` in `workdir` on `devices` (default: all); returns
+    the final results. Raises Preempted after SIGTERM or SIGINT (its checkpoint resumes the run),
+    WorkdirLocked when another run holds `workdir`, ValueError for a workdir this config cannot continue."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    lock = WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock, PreemptionWatch() as preemption:
+        return run_in(workdir, config, devices, preemption)
+
+
+def run_in(workdir: Path, config, devices, preemption: PreemptionWatch) -> dict:
+    """`train` once the workdir is this process's."""
+    train_cfg = config.train
     mesh = make_mesh(config.mesh, devices)
     task = build_task(config, mesh)
     root_key = jax.random.key(config.seed)
-    init_key, step_key = jax.random.fold_in(root_key, 0), jax.random.fold_in(root_key, 1)
-    abstract_state, state_shardings = sharded_abstract_state(task.init_state, mesh, init_key)
-    data_sharding = batch_sharding(mesh)
+    init_key, step_key, batch_key = (jax.random.fold_in(root_key, i) for i in range(3))
+    layout = step_layout(task, mesh)
+    source = task.batches(layout.batch_shardings)
+    abstract_source, source_shardings = sharded_abstract_state(source.init, mesh, batch_key, task.axis_rules)
 
-    checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.train.get("max_checkpoints", 3))
-    restored = checkpointer.restore_latest(abstract_state)  # raises before anything is written
-    write_json_atomically(workdir / "config.json", config.to_dict())
+    def checkpointer_of():
+        return Checkpointer(workdir / "checkpoints", max_to_keep=train_cfg.get("max_checkpoints", 3))
+
+    with checkpointer_of() as reader:
+        restored = reader.restore_latest(layout.state, abstract_source)  # raises before anything is written
     if restored:
-        step, state, data_state = restored
-        task.train_batches.set_state(data_state)
+        step, state, source_state, host_state = restored
+        check_config_change(workdir, config, step)
+        if step >= train_cfg.steps and (workdir / RESULTS_FILE).exists():
+            log.info("the run in %s is complete at step %d; nothing to do", workdir, step)
+            return json.loads((workdir / RESULTS_FILE).read_text())
         log.info("resumed from step %d", step)
     else:
-        step = 0
-        init = jax.jit(lambda key: nn.meta.unbox(task.init_state(key)), out_shardings=state_shardings)
-        state = init(init_key)
+        refuse_or_move_aside(workdir, config, reader.set_aside_steps)
+        begin = init_from.start(config.get("init_from", NO_INIT_FROM), task, layout, abstract_source, init_key)
+        step, state, source_state, host_state = begin.step, begin.state, begin.source_state, begin.host_state
+        if source_state is None:
+            source_state = jax.jit(lambda key: nn.meta.unbox(source.init(key)), out_shardings=source_shardings)(
+                batch_key)
+    if host_state is not None:
+        source.set_host_state(host_state)
+    write_json_atomically(workdir / CONFIG_FILE, config.to_dict())
 
-    train_step = jax.jit(task.train_step, in_shardings=(state_shardings, data_sharding, None),
-                         out_shardings=(state_shardings, None), donate_argnums=0)
-    eval_step = jax.jit(task.eval_step)
+    train_step = compile_train_step(task, layout)
+    evaluators = task.evaluators(layout.batch_shardings)
     writer = MetricsWriter(str(workdir), resume_step=step)
-    throughput = Throughput(task.tokens_per_step, task.flops_per_step, total_peak_flops(config.peak_flops))
-    train_cfg = config.train
+    throughput = Throughput(task.flops_per_token, total_peak_flops(config.peak_flops))
+    pending = PendingMetrics(task.tokens_per_step)
+    profiler = ProfileWindow(train_cfg.get("profile_steps", ()), workdir / "profile")
     bar = tqdm(total=train_cfg.steps, initial=step, disable=jax.process_index() != 0, dynamic_ncols=True)
-    started = time.perf_counter()
-    last_metrics, last_saved = {}, step
+    started, last_save_time = time.perf_counter(), time.monotonic()
+    first_step, last_metrics, last_saved = step, last_logged(workdir, step), step
+
+    def save():
+        nonlocal last_saved, last_save_time
+        pending.fetch(last_saved, checkpointer.directory)
+        try:
+            checkpointer.save(step, state, source_state, source.host_state())
+        except NonFiniteState as error:
+            raise FloatingPointError(
+                f"{error}; stopping. {kept_checkpoint(last_saved, checkpointer.directory)}.") from None
+        last_saved, last_save_time = step, time.monotonic()
+
+    checkpointer = checkpointer_of()
     try:
         while step < train_cfg.steps:
-            batch = global_batch(next(task.train_batches), data_sharding)
+            profiler.before(step)
+            batch, source_state = source.next(state, source_state, jax.random.fold_in(batch_key, step))
             state, metrics = train_step(state, batch, jax.random.fold_in(step_key, step))
             step += 1
-            loss = float(metrics["loss"])
-            throughput.tick()
-            if config.halt_on_nan and not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss is {loss} at step {step}; stopping. The last good checkpoint "
-                    f"(step {last_saved}) is kept in {checkpointer.directory}.")
+            profiler.after(step, state)
+            pending.add(step, metrics, timed=step > first_step + 1)
+            if step == first_step + 1:  # the clock starts once the first step has run
+                pending.fetch(last_saved, checkpointer.directory)
+                throughput.begin()
             bar.update(1)
-            if step % train_cfg.log_every == 0 or step == train_cfg.steps:
-                last_metrics = {**jax.device_get(metrics), **throughput.read()}
-                writer.write(step, last_metrics)
-                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{last_metrics.get('tokens_per_s', 0):.0f}",
-                                mfu=f"{last_metrics.get('mfu', 0):.1%}")
-            other_work_started = time.perf_counter()
-            if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < train_cfg.steps:
-                eval_metrics = evaluate(task, eval_step, state.params, train_cfg.eval_batches, data_sharding)
-                writer.write(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
-            if train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0:
-                checkpointer.save(step, state, task.train_batches.get_state())
-                last_saved = step
-            throughput.exclude(time.perf_counter() - other_work_started)
+            log_step = step % train_cfg.log_every == 0 or step == train_cfg.steps
+            if log_step:
+                pending.fetch(last_saved, checkpointer.directory)
+                if pending.fetched:
+                    newest, tokens, steps = pending.take()
+                    last_metrics = {**newest, **throughput.read(tokens, steps)}
+                    writer.write(step, last_metrics)
+                    bar.set_postfix(loss=f"{float(newest['loss']):.3f}",
+                                    tok_s=f"{last_metrics.get('tokens_per_s', 0):.0f}",
+                                    mfu=f"{last_metrics.get('mfu', 0):.1%}")
+            evaluate = step < train_cfg.steps and any(e.is_due(step) for e in evaluators.values())
+            save_now = ((train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0)
+                        or (log_step and due_by_time(train_cfg.get("checkpoint_every_minutes", 0), last_save_time)))
+            if evaluate or save_now:
+                jax.block_until_ready(state)  # the steps before are training time, not this work's
+                other_work_started = time.perf_counter()
+                if evaluate:
+                    run_evaluators(evaluators, state.params, step, writer)
+                if save_now:
+                    save()
+                throughput.exclude(time.perf_counter() - other_work_started)
+            if step < train_cfg.steps and preemption.stop_requested(step):
+                if last_saved != step:
+                    save()
+                checkpointer.wait()
+                raise Preempted(step, workdir)
         if last_saved != step:
-            checkpointer.save(step, state, task.train_batches.get_state())
-        eval_metrics = evaluate(task, eval_step, state.params, train_cfg.eval_batches, data_sharding)
-        writer.write(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
+            save()
+        final = run_evaluators(evaluators, state.params, step, writer, final=True)
     finally:
+        profiler.close()
         bar.close()
         checkpointer.close()
         writer.close()
@@ -155,11 +263,11 @@ def train(config, workdir: str, *, devices=None) -> dict:
     results = {
         "step": step,
         "train_loss": float(last_metrics.get("loss", float("nan"))),
-        **{f"eval_{k}": float(v) for k, v in eval_metrics.items()},
+        **{name: float(value) if isinstance(value, (int, float)) or getattr(value, "ndim", None) == 0 else value
+           for name, value in final.items()},
         "tokens_per_s": last_metrics.get("tokens_per_s"),
         "mfu": last_metrics.get("mfu"),
         "wall_time_s": time.perf_counter() - started,
-        **task.finish(state.params),
     }
-    write_json_atomically(workdir / "results.json", results)
+    write_json_atomically(workdir / RESULTS_FILE, results)
     return results

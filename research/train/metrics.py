@@ -59,3 +59,12 @@ def read_metrics(workdir: str) -> list[dict]:
     """The records of a run's metrics.jsonl."""
     path = Path(workdir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def last_logged(workdir, step: int) -> dict:
+    """The newest training record (one with a loss) of a run's metrics.jsonl up to `step`, or {}."""
+    path = Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return {}
+    records = [r for r in read_metrics(str(workdir)) if "loss" in r and r["step"] <= step]
+    return {k: v for k, v in records[-1].items() if k != "step"} if records else {}

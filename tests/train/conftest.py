@@ -8,7 +8,8 @@ TINY_OVERRIDES = {
     "model.dim": 32, "model.num_layers": 2, "model.num_heads": 4, "model.num_kv_heads": 2,
     "model.hidden_dim": 64, "model.vocab_size": 260, "data.tokenizer": "byte",
     "train.seq_len": 32, "train.batch_size": 8, "train.steps": 8, "train.log_every": 1,
-    "train.eval_every": 4, "train.eval_batches": 2, "train.checkpoint_every": 4, "train.sample_tokens": 4, "train.sample_prompts": "()",
+    "train.eval_every": 4, "train.eval_batches": 2, "train.checkpoint_every": 4,
+    "evals.samples.max_new_tokens": 4, "evals.samples.prompts": "()",
     "optimizer.warmup_steps": 2, "optimizer.learning_rate": 1e-2,
 }
 

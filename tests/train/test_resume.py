@@ -4,13 +4,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import jax
 
 from research.train.metrics import read_metrics
 from tests.train.conftest import tiny_overrides
+from tests.train.processes import logged_step, wait_for_step
 from tests.train.test_loop import final_params
 
 STEPS = 120
@@ -23,14 +23,6 @@ def run_command(workdir):
             *[f"--config.{o}" for o in overrides]]
 
 
-def logged_step(workdir) -> int:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return 0
-    steps = [r["step"] for r in read_metrics(str(workdir)) if "loss" in r] if os.path.getsize(path) else []
-    return max(steps, default=0)
-
-
 def train_losses(workdir):
     return [(r["step"], r["loss"]) for r in read_metrics(str(workdir)) if "loss" in r]
 
@@ -41,10 +33,7 @@ def test_sigkill_and_restart_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     interrupted = tmp_path / "killed"
     process = subprocess.Popen(run_command(interrupted), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
-    deadline = time.time() + 300
-    while logged_step(interrupted) < 30 and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert process.poll() is None, "the run ended before it could be killed"
+    wait_for_step(process, interrupted, 30)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     killed_at = logged_step(interrupted)

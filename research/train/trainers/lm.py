@@ -4,6 +4,10 @@ Loss: the mean over real target tokens of −log p(x_{t+1} | x_≤t), with packe
 kept apart by `segment_ids`. A step of `grad_accum_steps` micro-batches sums the
 micro-batch gradients of Σ w·nll / Σ_batch w, so it equals one step on the whole batch.
 
+Evaluators (`config.evals`, research/train/evaluators.py): kind "loss" (the loss and perplexity on
+the validation split, summed over `batches` batches) and kind "samples" (continuations of
+`prompts`, decoded).
+
 Mixture-of-experts models add their auxiliary losses (research/train/moe_aux.py) to the objective,
 each micro-batch's weighted by its share of the batch's tokens, Σ_m w / Σ_batch w; the logged
 `loss` stays the NLL, and the MoE metrics are the same token-weighted means.
@@ -11,6 +15,7 @@ each micro-batch's weighted by its share of the batch's tokens, Σ_m w / Σ_batc
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,13 +28,18 @@ from research.models import count_params, make_model
 from research.models.moe import MOE_COLLECTION
 from research.optim import make_optimizer, make_schedule
 from research.parallel.grad_sync import data_parallel
+from research.parallel.mesh import token_batch_axes
+from research.train.batches import IteratorBatches
+from research.train.evaluators import Evaluator, summed_evaluator
 from research.train.flops import flops_per_token
 from research.train.losses import weighted_nll_sum
 from research.train.moe_aux import METRICS, auxiliary_loss, layer_statistics, moe_metrics
 from research.train.state import TrainState
 from research.train.task import Task
 
-MODEL_INPUTS = ("inputs", "positions", "segment_ids")
+BATCH_FIELDS = {"inputs": jnp.int32, "targets": jnp.int32, "positions": jnp.int32, "segment_ids": jnp.int32,
+                "weights": jnp.float32}  # research/data/pipeline.py
+EVAL_KINDS = ("loss", "samples")
 
 
 def loss_sums(model, params, batch, rng=None):
@@ -80,13 +90,21 @@ def accumulated_gradients(model, params, batch, total_weight, rng, num_micro: in
 
 
 def make_init_state(model, optimizer, seq_len: int):
-    """`rng -> TrainState` with boxed (logically partitioned) parameters and a fresh optimizer state."""
+    """`(rng, params=None) -> TrainState`: fresh boxed (logically partitioned) parameters, or the
+    given ones, and a fresh optimizer state."""
 
-    def init_state(rng):
-        params = model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
+    def init_state(rng, params=None):
+        if params is None:
+            params = model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
     return init_state
+
+
+def lm_batch_spec(batch_size: int, seq_len: int) -> dict:
+    """The global LM batch: every field `[batch, seq]`, rows over the data axes, the sequence over `context`."""
+    return {name: nn.LogicallyPartitioned(jax.ShapeDtypeStruct((batch_size, seq_len), dtype), token_batch_axes())
+            for name, dtype in BATCH_FIELDS.items()}
 
 
 def optimizer_update(optimizer, params, opt_state, grads):
@@ -111,18 +129,39 @@ def make_train_step(model, optimizer, schedule, num_micro: int, mesh=None, grad_
     return train_step
 
 
+def sample_texts(model, tokenizer, prompts, *, max_new_tokens: int, temperature: float, top_k: int | None, rng):
+    """`run(params)` of a samples evaluator: each prompt (after BOS) continued, decoded with its prompt."""
+    encoded = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompts]
+
+    def run(params):
+        if not encoded:
+            return {"text": []}
+        tokens = generate(model, params, encoded, max_new_tokens=max_new_tokens, temperature=temperature,
+                          top_k=top_k, rng=rng, eos_id=tokenizer.eos_id)
+        return {"text": [tokenizer.decode(row) for row in np.asarray(tokens).tolist()]}
+
+    return run
+
+
 def build(config, mesh) -> Task:
     """Model, optimizer, data and steps of LM training for `config`."""
-    tokenizer = get_tokenizer(config.data)
-    if tokenizer.vocab_size > config.model.vocab_size:
-        raise ValueError(f"config field model.vocab_size: {config.model.vocab_size} is smaller than the "
-                         f"tokenizer's vocabulary ({tokenizer.vocab_size})")
+    for name, evaluator in config.evals.items():
+        if evaluator.kind not in EVAL_KINDS:
+            raise ValueError(f"config field evals.{name}.kind: {evaluator.kind!r} is not one of {EVAL_KINDS}")
     # Inside the data-parallel shard_map of a hand-rolled gradient reduction the model sees its own
     # rows only (that mesh is data-parallel alone), so it gets no mesh to pin activations to.
     model = make_model(config.model, mesh if config.parallel.grad_reduce == "auto" else None)
     train_cfg = config.train
     optimizer = make_optimizer(config.optimizer, train_cfg.steps)
     schedule = make_schedule(config.optimizer, train_cfg.steps)
+
+    @functools.cache
+    def tokenizer():
+        loaded = get_tokenizer(config.data)
+        if loaded.vocab_size > config.model.vocab_size:
+            raise ValueError(f"config field model.vocab_size: {config.model.vocab_size} is smaller than the "
+                             f"tokenizer's vocabulary ({loaded.vocab_size})")
+        return loaded
 
     def eval_step(params, batch):
         nll_sum, weight, statistics = loss_sums(model, params, batch)
@@ -138,31 +177,26 @@ def build(config, mesh) -> Task:
 
     def batches(split, num_epochs, seed):
         return make_lm_batches(
-            config.data, tokenizer, split=split, batch_size=train_cfg.batch_size // jax.process_count(),
+            config.data, tokenizer(), split=split, batch_size=train_cfg.batch_size // jax.process_count(),
             seq_len=train_cfg.seq_len, seed=seed, process_index=jax.process_index(),
             process_count=jax.process_count(), num_epochs=num_epochs)
 
-    def finish(params):
-        if not train_cfg.sample_prompts:
-            return {"samples": []}
-        prompts = [tokenizer.encode(p) for p in train_cfg.sample_prompts]
-        tokens = generate(model, params, [[tokenizer.bos_id] + p for p in prompts],
-                          max_new_tokens=train_cfg.sample_tokens, temperature=0.8, top_k=40,
-                          rng=jax.random.key(config.seed), eos_id=tokenizer.eos_id)
-        samples = [tokenizer.decode(row) for row in np.asarray(tokens).tolist()]
-        return {"samples": samples}
+    def evaluator(evaluator_config, shardings) -> Evaluator:
+        if evaluator_config.kind == "loss":
+            return summed_evaluator(evaluator_config.every, eval_step, lambda: batches("validation", 1, 0),
+                                    evaluator_config.batches, shardings, summarize_eval)
+        return Evaluator(evaluator_config.every, sample_texts(
+            model, tokenizer(), evaluator_config.prompts, max_new_tokens=evaluator_config.max_new_tokens,
+            temperature=evaluator_config.temperature, top_k=evaluator_config.top_k, rng=jax.random.key(config.seed)))
 
     matmul_params = count_params(config.model)["active"] - config.model.vocab_size * config.model.dim
-    tokens_per_step = train_cfg.batch_size * train_cfg.seq_len
     return Task(
         init_state=make_init_state(model, optimizer, train_cfg.seq_len),
         train_step=make_train_step(model, optimizer, schedule, train_cfg.grad_accum_steps, mesh,
                                    config.parallel.grad_reduce),
-        eval_step=eval_step,
-        summarize_eval=summarize_eval,
-        train_batches=batches("train", None, config.seed),
-        eval_batches=lambda: batches("validation", 1, 0),
-        tokens_per_step=tokens_per_step,
-        flops_per_step=tokens_per_step * flops_per_token(config.model, train_cfg.seq_len, matmul_params),
-        finish=finish,
+        batch_spec=lm_batch_spec(train_cfg.batch_size, train_cfg.seq_len),
+        batches=lambda shardings: IteratorBatches(batches("train", None, config.seed), shardings),
+        evaluators=lambda shardings: {name: evaluator(c, shardings) for name, c in config.evals.items()},
+        tokens_per_step=train_cfg.batch_size * train_cfg.seq_len,
+        flops_per_token=flops_per_token(config.model, train_cfg.seq_len, matmul_params),
     )

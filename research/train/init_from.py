@@ -1,0 +1,81 @@
+"""Where a new run's first state comes from: `config.init_from`.
+
+    kind "none"      random initialisation (`task.init_state(rng)`)
+    kind "run"       an earlier run's newest checkpoint in `path` (its workdir): parts "params"
+                     starts a new optimizer, step 0 and a fresh data stream from its parameters;
+                     parts "all" continues its whole state (step, optimizer, batch source, data
+                     position) in this workdir
+    kind "hf_llama"  a Hugging Face `LlamaForCausalLM` directory (research/models/convert.py)
+
+Parameters are read outside jit straight into the run's shardings (orbax restores each shard
+where it lives; a Hugging Face checkpoint is placed by `device_put`), then `task.init_state`
+builds the rest of the state around them. A mismatch names the first parameter whose shape
+or dtype differs. Only a run without checkpoints of its own starts here: a resumed run
+continues from its own newest checkpoint.
+"""
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from research.models.convert import load_hf_llama
+from research.train.checkpoint import Checkpointer, first_mismatch, tree_paths
+from research.train.step import StepLayout
+from research.train.task import Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """The state a run starts from, and the step it is at."""
+
+    step: int
+    state: Any
+    source_state: Any
+    host_state: Any = None
+
+
+def hf_params(path: str, abstract_params):
+    """The parameters of a Hugging Face LLaMA directory, checked against and placed as `abstract_params`."""
+    _, params = load_hf_llama(path)
+    problem = first_mismatch({f"params/{k}": v for k, v in tree_paths(params).items()},
+                             {f"params/{k}": v for k, v in tree_paths(abstract_params).items()})
+    if problem:
+        raise ValueError(f"config field init_from.path: the Hugging Face checkpoint {path} does not fit "
+                         f"config.model: {problem.replace('checkpoint', 'Hugging Face checkpoint')}")
+    return jax.device_put(params, jax.tree.map(lambda leaf: leaf.sharding, abstract_params))
+
+
+def initial_params(init_from, abstract_params):
+    """The parameters `init_from` names (None: random), sharded as `abstract_params`."""
+    if init_from.kind == "hf_llama":
+        return hf_params(init_from.path, abstract_params)
+    if init_from.kind == "run":
+        with Checkpointer(Path(init_from.path) / "checkpoints", read_only=True) as reader:
+            step = reader.newest_step()
+            log.info("starting from the parameters of %s at step %d", init_from.path, step)
+            return reader.restore_params(step, abstract_params)
+    return None
+
+
+def start(init_from, task: Task, layout: StepLayout, abstract_source, init_key) -> Start:
+    """The first state of a run that has no checkpoint of its own (`source_state` None: the batch
+    source starts afresh)."""
+    if init_from.kind == "run" and init_from.parts == "all":
+        with Checkpointer(Path(init_from.path) / "checkpoints", read_only=True) as reader:
+            step = reader.newest_step()
+            log.info("continuing %s from step %d", init_from.path, step)
+            return Start(step, *reader.restore(step, layout.state, abstract_source))
+    params = initial_params(init_from, layout.state.params)
+    if params is None:
+        init = jax.jit(lambda key: nn.meta.unbox(task.init_state(key)), out_shardings=layout.state_shardings)
+        return Start(0, init(init_key), None)
+    init = jax.jit(lambda key, p: nn.meta.unbox(task.init_state(key, p)),
+                   in_shardings=(None, layout.state_shardings.params), out_shardings=layout.state_shardings,
+                   donate_argnums=1)
+    return Start(0, init(init_key, params), None)
