@@ -5,7 +5,7 @@
 For LLaMA-2 7B, 13B and 70B (and the Seed-Thinking MoE once its config exists, see MODELS),
 the real train step (`research/train/trainers/lm.py`, AdamW, bf16 compute, full remat,
 scanned layers, XLA attention) is compiled ahead of time for TPU slices by
-`research/parallel/aot.py`, at the paper's sequence length 4096 and global batch of
+`research/tools/aot.py`, at the paper's sequence length 4096 and global batch of
 1024 sequences (4M tokens per step, LLaMA-2's batch).
 
 Micro-batches: each batch shard (data × fsdp) takes one sequence per micro-step, the least
@@ -19,7 +19,7 @@ single slice; on each, meshes are tried in order pure FSDP, then FSDP × tensor 
 the heads divide; the first the TPU compiler accepts within HBM is the row. The compiler
 refuses an overflowing program early, so failed tries are cheap. Every compile's outcome is
 cached as JSON (keyed by config, overrides, slice and jax/libtpu versions): a rerun
-recompiles nothing. Step time and MFU are a roofline estimate (research/parallel/aot.py).
+recompiles nothing. Step time and MFU are a roofline estimate (research/tools/aot.py).
 """
 
 import argparse
@@ -38,7 +38,7 @@ import jax  # noqa: E402
 
 from research import config as config_lib  # noqa: E402
 from research.models import count_params  # noqa: E402
-from research.parallel import aot  # noqa: E402
+from research.tools import aot  # noqa: E402
 
 # (label, config spec); a model whose config file does not exist yet is left out of the table.
 MODELS = (
@@ -177,7 +177,7 @@ def write_markdown(path: Path, rows: list[str], tries: dict) -> None:
     lines = [
         "# Pod fit: the smallest TPU slices that hold LLaMA-2's train step",
         "",
-        "Written by `python -m experiments.pod_fit` (research/parallel/aot.py compiles the real train step "
+        "Written by `python -m experiments.pod_fit` (research/tools/aot.py compiles the real train step "
         f"ahead of time with jax {jax.__version__} and libtpu {importlib.metadata.version('libtpu')} on a 2-core "
         "CPU-only machine; compile times are of the full step on that machine).",
         "",
@@ -192,7 +192,7 @@ def write_markdown(path: Path, rows: list[str], tries: dict) -> None:
         "batch rows; total = the compiler's peak footprint, which its out-of-memory check compares with HBM; "
         "the step fits when the compiler accepts it and the total is within the chip's HBM). FLOPs and bytes are "
         "per chip per step: XLA's count of the compiled step, in which each loop body (layer scan, accumulation) "
-        "appears once, scaled to every layer and micro-batch with five more compiles (research/parallel/aot.py). "
+        "appears once, scaled to every layer and micro-batch with five more compiles (research/tools/aot.py). "
         "**Step time and MFU are roofline estimates, not measurements**: t = max(FLOPs / peak, "
         "bytes / HBM bandwidth) per chip with v5p at 459 TFLOP/s bf16 and 2765 GB/s, v5e at 197 TFLOP/s and "
         "819 GB/s; MFU = model FLOPs (6·N + causal attention, no recomputation) / (t · peak). ICI "

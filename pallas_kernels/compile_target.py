@@ -31,7 +31,7 @@ def compile_target(interpret) -> str:
 @contextlib.contextmanager
 def lowering_for(target: str):
     """Kernels traced inside this context compile for `target` ("tpu" or "gpu") unless they ask for
-    the interpreter, whatever the default backend: research/parallel/aot.py lowers a model's train
+    the interpreter, whatever the default backend: research/tools/aot.py lowers a model's train
     step for TPU on a CPU host, where the kernels would otherwise be interpreted (plain HLO loops
     that say nothing of the real kernels' memory or speed)."""
     if target not in TARGETS:

@@ -1,28 +1,27 @@
-"""Compile a config's real train step ahead of time for a TPU slice, on a CPU-only machine.
+"""Compile a config's real train step (`config.trainer`'s) ahead of time for a TPU slice, on a CPU.
 
-    python scripts/aot_compile.py --config configs/llama2.py:70b --topology v5p-128 \
+    python -m scripts.aot_compile --config configs/llama2.py:70b --topology v5p-128 \
         [--config.mesh.fsdp=64 --config.train.grad_accum_steps=16 ...] [--no-cost]
 
 Slice names as Google Cloud spells them: for v4 and v5p the number counts TensorCores (two
 per chip: v5p-8 is 4 chips), for v5e and v6e it counts chips. Prints per-chip HBM
 (arguments, outputs, temporaries, total against the chip's capacity), the compile time, and
 the step's FLOPs and HBM bytes per chip with a roofline estimate of step time and MFU
-(research/parallel/aot.py says how). Exit status: 0 when the step fits, 1 when it does not,
-2 for bad input (unknown slice, a mesh that does not match the chips, a batch or a
-parameter that does not divide over the mesh), reported before anything compiles.
+(research/tools/aot.py says how; the estimate needs a layered model, else pass --no-cost).
+Exit status: 0 when the step fits, 1 when it does not, 2 for bad input (unknown slice, a
+mesh that does not match the chips, a batch or a parameter that does not divide over the
+mesh, --no-cost missing for a model without layers), reported before anything compiles.
 Needs libtpu: pip install "jax[tpu]==<the installed jax version>".
 """
 
 import argparse
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile for TPU, run nothing: no TPU backend wanted
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from research import config as config_lib  # noqa: E402
-from research.parallel import aot  # noqa: E402
+from research import config as config_lib
+from research.tools import aot
 
 GIB = 2**30
 

@@ -122,7 +122,7 @@ def test_decode_attention_compiles_with_mosaic(chip):
 ])
 def test_the_models_attention_on_a_sharded_mesh_compiles_as_per_device_mosaic_kernels(impl, axes, global_q, local_q):
     """research/models/layers.attention on 4 v5e chips, lowered for TPU from this CPU host as
-    research/parallel/aot.py lowers a train step: every Mosaic kernel works on one device's share of
+    research/tools/aot.py lowers a train step: every Mosaic kernel works on one device's share of
     the q columns [b, s, heads·d] (GSPMD cannot partition a Mosaic kernel: without shard_map the
     compile fails). "pallas" over data 2 × tensor 2: the forward, dQ and dK/dV kernels on [1, 4096, 2·128];
     "ring" over context 2 × tensor 2: the ring's per-hop kernels on half sequences [2, 2048, 2·128]."""

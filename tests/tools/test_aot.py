@@ -1,18 +1,21 @@
-"""research/parallel/aot.py and scripts/aot_compile.py: the real TPU compiler, on this CPU machine.
+"""research/tools/aot.py and scripts/aot_compile.py: the real TPU compiler, on this CPU machine.
 
 libtpu is a declared test dependency (`pip install "jax[tpu]==<jax version>"`): without it
 these tests fail, saying how to install it. Compiles use a small LLaMA (dims of 64) whose
-train step compiles for a TPU in about a second.
+train step compiles for a TPU in about a second, and a trainer outside the library
+(tests/tools/toy_regression_trainer.py).
 """
 
 import importlib.util
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from research import config as config_lib
-from research.parallel import aot
+from research.tools import aot
+from research.train.step import step_layout
 from scripts import aot_compile
 
 SMALL = ("model.dim=64", "model.num_heads=2", "model.num_kv_heads=1", "model.hidden_dim=128",
@@ -110,13 +113,35 @@ def test_train_step_compiles_for_v5e_4_and_reports_its_memory():
     assert result.mesh == {"data": 1, "fsdp": 4, "tensor": 1, "expert": 1}
     assert min(memory.arguments, memory.outputs, memory.aliased, memory.code, memory.peak) > 0
     assert memory.arguments <= memory.total <= result.capacity
-    state = aot.abstract_training(config, aot.slice_devices(aot.parse_slice("v5e-4"))).state
+    state = step_layout(*aot.slice_task(config, aot.slice_devices(aot.parse_slice("v5e-4")))).state
     state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))
     per_chip = per_chip_bytes(state)  # params and Adam's μ and ν, sharded over fsdp = 4
     assert per_chip == pytest.approx(state_bytes / 4, rel=0.02)
     # + the batch's rows and the padding of these small dimensions to TPU tiles of (8, 128)
     assert per_chip <= memory.arguments <= 1.5 * per_chip
     assert memory.aliased >= 0.99 * per_chip  # the donated state is updated in place
+
+
+def toy_regression_config(*overrides):
+    """The tiny LLaMA config with its trainer and model swapped for a one-layer regression on 16 inputs."""
+    config = config_lib.unfrozen(small_config(*overrides))
+    config.trainer = "tests.tools.toy_regression_trainer"
+    config.model = ml_collections.ConfigDict({"features": 16})
+    return ml_collections.FrozenConfigDict(config)
+
+
+def test_a_trainer_outside_the_library_compiles_through_its_task():
+    config = toy_regression_config("mesh.data=1", "mesh.fsdp=4")
+    result = aot.compile_for_slice(config, aot.parse_slice("v5e-4"), with_cost=False)
+    assert result.fits and 0 < result.memory.arguments <= result.memory.total
+    rows = config.train.batch_size
+    assert result.model_flops_per_chip == 6 * (16 + 1) * rows / 4  # the Task's FLOPs per row × rows per step
+
+
+def test_the_cost_estimate_of_a_model_without_layers_asks_for_no_cost(monkeypatch):
+    monkeypatch.setattr(aot, "compile_program", lambda lowered: pytest.fail("compiled despite bad input"))
+    with pytest.raises(ValueError, match="config.model has no num_layers.*needs a layered model; pass --no-cost"):
+        aot.compile_for_slice(toy_regression_config(), aot.parse_slice("v5e-4"))
 
 
 def test_step_cost_counts_every_layer_and_micro_batch():

@@ -5,18 +5,20 @@
 
 With `libtpu` installed, `jax.experimental.topologies` describes the devices of any TPU slice
 on a CPU-only host, and `jit(...).lower(abstract args).compile()` runs the real TPU compiler
-on them. The train state and batch are `jax.ShapeDtypeStruct`s carrying the shardings the
-training loop would give them, so no parameter is ever materialised. Per chip, the compiler
-states its arguments, outputs, outputs aliased to (donated) arguments, temporaries, code and
-its peak footprint (`ChipMemory.total`); the step fits when the compiler accepts it (it
-refuses a program that overflows HBM) and that total is within the chip's HBM.
+on them. The step is that of `config.trainer`'s Task, jitted by the function the training loop
+uses (research/train/step.py); the train state and batch are `jax.ShapeDtypeStruct`s carrying
+the shardings the loop would give them, so no parameter is materialised and no dataset built.
+Per chip, the compiler states its arguments, outputs, outputs aliased to (donated) arguments,
+temporaries, code and its peak footprint (`ChipMemory.total`); the step fits when the compiler
+accepts it (it refuses a program that overflows HBM) and that total is within the chip's HBM.
 
 Cost. XLA's cost analysis counts a while-loop body once, whatever its trip count (checked:
 a scan of 10 matmuls reports the FLOPs of one), so in the compiled step the layer scan
 (forward, and backward with the rematerialised forward) and the M-step accumulation loop
 are each counted once. The step per chip is rebuilt from that count C(L) and five more
 compiles: the optimizer update alone u(L') and the train step S(L') with L' ∈ {1, 2}
-layers unrolled and not rematerialised, and the scanned step at another depth C(L₂):
+layers unrolled and not rematerialised, and the scanned step at another depth C(L₂). So the
+estimate needs a layered model (`config.model.num_layers`, `scan_layers`, `remat`):
 
     u(L)  = u(1) + (L − 1)·(u(2) − u(1))            update, elementwise over parameters
     o     = 2·m(1) − m(2),  m = S − u               a micro-step outside the layers
@@ -32,7 +34,8 @@ Roofline (an estimate; ICI collectives and their overlap are not modelled):
 
     t = max(FLOPs / peak FLOP/s, bytes / HBM bandwidth),  MFU = model FLOPs / (t · peak)
 
-with model FLOPs from `research.train.flops.flops_per_token` (6·N + attention).
+with model FLOPs = the Task's `flops_per_token` × `tokens_per_step` (for LM training
+`research.train.flops.flops_per_token`: 6·N + attention).
 """
 
 import dataclasses
@@ -43,22 +46,19 @@ import os
 import re
 import time
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
-import optax
 from jax.experimental import topologies
 from jax.sharding import Mesh
 
 from pallas_kernels.compile_target import lowering_for
 from research.config import unfrozen
-from research.models import count_params, make_model
-from research.optim import make_optimizer, make_schedule
-from research.parallel.mesh import batch_sharding, make_mesh, mesh_axes, mesh_shape, sharded_abstract_state
-from research.train.flops import flops_per_token, peak_flops_of
-from research.train.state import TrainState
-from research.train.trainers.lm import make_init_state, make_train_step, optimizer_update
+from research.optim import make_optimizer
+from research.parallel.mesh import make_mesh, mesh_axes, mesh_shape
+from research.train.flops import peak_flops_of
+from research.train.step import jit_train_step, step_layout
+from research.train.task import Task, build_task
+from research.train.trainers.lm import optimizer_update
 
 GiB = 2**30
 
@@ -153,15 +153,6 @@ def slice_devices(tpu_slice: TpuSlice) -> list:
         chips_per_host_bounds=tpu_slice.chips_per_host_bounds, num_slices=1).devices)
 
 
-def abstract_lm_batch(batch_size: int, seq_len: int, mesh) -> dict:
-    """The LM trainer's batch (`research/data/pipeline.py` fields) as sharded shapes."""
-    sharding = batch_sharding(mesh)
-    shape = (batch_size, seq_len)
-    int_field = jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding)
-    return {"inputs": int_field, "targets": int_field, "positions": int_field, "segment_ids": int_field,
-            "weights": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding)}
-
-
 def mesh_sizes(config, tpu_slice: TpuSlice) -> dict:
     """`config.mesh` resolved for the slice's chips; a ValueError naming both if they disagree."""
     try:
@@ -183,62 +174,38 @@ def check_batch_divides(config, sizes: dict) -> None:
         raise ValueError(f"config field train.seq_len: {config.train.seq_len} does not divide over context = {context}")
 
 
-def check_state_divides(abstract_state, mesh) -> None:
-    """Every sharded dimension of the state must divide by its mesh axes (e.g. heads by tensor)."""
-    for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_state):
-        for size, axes in zip(leaf.shape, leaf.sharding.spec):
-            axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-            ways = math.prod(mesh.shape[a] for a in axes)
-            if size % ways:
-                raise ValueError(f"state leaf {jax.tree_util.keystr(path)} of shape {leaf.shape}: a dimension of "
-                                 f"{size} is not divisible by mesh axes {axes} of size {ways}; change config.mesh")
-
-
-@dataclasses.dataclass(frozen=True)
-class AbstractTraining:
-    """The pieces of LM training over a mesh, with the state as sharded shapes only."""
-
-    mesh: Mesh
-    model: nn.Module
-    optimizer: optax.GradientTransformation
-    state: TrainState
-    state_shardings: TrainState
-
-
-def abstract_training(config, devices) -> AbstractTraining:
-    """Mesh, model, optimizer and abstract sharded state of `config` over `devices`."""
+def slice_task(config, devices) -> tuple[Task, Mesh]:
+    """`config`'s Task (its trainer's, `config.trainer`) built over a mesh of `devices`."""
     try:
         mesh = make_mesh(config.mesh, devices)
     except NotImplementedError as error:  # mesh_utils cannot map the axes onto the torus
         raise ValueError(f"config.mesh {dict(config.mesh)} cannot be laid out on these TPU devices: {error}") from None
-    check_batch_divides(config, mesh.shape)
-    model = make_model(config.model, mesh)
-    optimizer = make_optimizer(config.optimizer, config.train.steps)
-    state, shardings = sharded_abstract_state(make_init_state(model, optimizer, 1), mesh, jax.eval_shape(jax.random.key, 0))
-    check_state_divides(state, mesh)
-    return AbstractTraining(mesh, model, optimizer, state, shardings)
+    return build_task(config, mesh), mesh
+
+
+def lower_step(task: Task, mesh: Mesh):
+    """The Task's train step, jitted as the loop jits it, lowered for the mesh's devices; a ValueError
+    naming a state leaf the mesh does not split evenly (e.g. heads over tensor) before anything compiles."""
+    layout = step_layout(task, mesh)
+    with lowering_for("tpu"):  # the Pallas kernels (attention_impl "pallas" / "ring") as Mosaic kernels
+        return jit_train_step(task, layout).lower(*layout.step_args())
 
 
 def lower_train_step(config, devices):
-    """The LM trainer's train step of `config`, jitted as the loop jits it, lowered for `devices`."""
-    parts = abstract_training(config, devices)
-    train_step = make_train_step(parts.model, parts.optimizer, make_schedule(config.optimizer, config.train.steps),
-                                 config.train.grad_accum_steps, parts.mesh, config.parallel.grad_reduce)
-    jitted = jax.jit(train_step, in_shardings=(parts.state_shardings, batch_sharding(parts.mesh), None),
-                     out_shardings=(parts.state_shardings, None), donate_argnums=0)
-    batch = abstract_lm_batch(config.train.batch_size, config.train.seq_len, parts.mesh)
-    with lowering_for("tpu"):  # the Pallas kernels (attention_impl "pallas" / "ring") as Mosaic kernels
-        return jitted.lower(parts.state, batch, jax.eval_shape(jax.random.key, 0))
+    """The train step of `config`'s trainer, lowered for `devices`."""
+    return lower_step(*slice_task(config, devices))
 
 
 def lower_optimizer_update(config, devices):
-    """The optimizer update alone (params, opt_state, grads ↦ new params, opt_state), lowered."""
-    parts = abstract_training(config, devices)
-    shardings = parts.state_shardings
-    jitted = jax.jit(functools.partial(optimizer_update, parts.optimizer),
-                     in_shardings=(shardings.params, shardings.opt_state, shardings.params),
-                     out_shardings=(shardings.params, shardings.opt_state), donate_argnums=(0, 1))
-    return jitted.lower(parts.state.params, parts.state.opt_state, parts.state.params)
+    """The optimizer update alone (params, opt_state, grads ↦ new params, opt_state), lowered with the
+    state's shardings: `config.optimizer`'s optimizer, as the trainers build it."""
+    task, mesh = slice_task(config, devices)
+    layout = step_layout(task, mesh)
+    optimizer = make_optimizer(config.optimizer, config.train.steps)
+    params, opt_state = layout.state_shardings.params, layout.state_shardings.opt_state
+    jitted = jax.jit(functools.partial(optimizer_update, optimizer), in_shardings=(params, opt_state, params),
+                     out_shardings=(params, opt_state), donate_argnums=(0, 1))
+    return jitted.lower(layout.state.params, layout.state.opt_state, layout.state.params)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,6 +274,17 @@ def compile_program(lowered) -> tuple[ChipMemory, StepCost, float]:
     return memory, cost_of(compiled), seconds
 
 
+LAYER_FIELDS = ("num_layers", "scan_layers", "remat")  # what the cost estimate varies
+
+
+def check_layered(config) -> None:
+    """The cost estimate compiles `config.model` at other depths, unrolled and not rematerialised."""
+    missing = [name for name in LAYER_FIELDS if name not in config.model]
+    if missing:
+        raise ValueError(f"config.model has no {', '.join(missing)}: the cost estimate needs a layered model; "
+                         "pass --no-cost (with_cost=False)")
+
+
 def loop_free_variant(config, num_layers: int):
     """`config` with `num_layers` layers, unrolled and not rematerialised, so no layer hides in a loop."""
     variant = unfrozen(config)
@@ -326,6 +304,8 @@ def with_layers(config, num_layers: int):
 def step_cost(config, devices, counted: StepCost) -> StepCost:
     """One chip's cost of the whole step from XLA's count `counted` of the compiled step, in
     which each loop body (layer scan, accumulation) appears once (see the module docstring)."""
+    check_layered(config)
+
     def cost(lowered):
         return cost_of(lowered.compile())
 
@@ -379,20 +359,24 @@ class AotResult:
         return self.model_flops_per_chip / (self.roofline_seconds * self.peak_flops)
 
 
-def model_flops_per_chip(config, chips: int) -> float:
-    """Model FLOPs of one step (6·N_matmul + causal attention per token, no recomputation) per chip."""
-    matmul_params = count_params(config.model)["active"] - config.model.vocab_size * config.model.dim
-    tokens = config.train.batch_size * config.train.seq_len
-    return tokens * flops_per_token(config.model, config.train.seq_len, matmul_params) / chips
+def model_flops_per_chip(task: Task, chips: int) -> float:
+    """Model FLOPs of one step per chip: the Task's FLOPs per token (for LM training 6·N_matmul +
+    causal attention, no recomputation) × its tokens per step (NaN when each step counts its own)."""
+    tokens = math.nan if task.tokens_per_step is None else task.tokens_per_step
+    return task.flops_per_token * tokens / chips
 
 
 def compile_for_slice(config, tpu_slice: TpuSlice, *, with_cost: bool = True) -> AotResult:
-    """Compiles `config`'s train step for `tpu_slice`: per-chip memory, and the cost when it fits."""
+    """Compiles `config`'s train step for `tpu_slice`: per-chip memory, and the cost when it fits.
+    Bad input (slice, mesh, batch, a state leaf that does not divide) raises ValueError before compiling."""
     sizes = mesh_sizes(config, tpu_slice)
     check_batch_divides(config, sizes)
+    if with_cost:
+        check_layered(config)
     devices = slice_devices(tpu_slice)
+    task, mesh = slice_task(config, devices)
     try:
-        memory, counted, seconds = compile_program(lower_train_step(config, devices))
+        memory, counted, seconds = compile_program(lower_step(task, mesh))
         message = ""
     except OutOfMemory as error:
         memory, counted, seconds, message = None, None, float("nan"), str(error)
@@ -401,5 +385,5 @@ def compile_for_slice(config, tpu_slice: TpuSlice, *, with_cost: bool = True) ->
         slice_name=tpu_slice.name, mesh=sizes, capacity=tpu_slice.generation.hbm_bytes, compile_seconds=seconds,
         memory=memory, compiler_message=message, counted_cost=counted,
         cost=step_cost(config, devices, counted) if with_cost and fits else None,
-        model_flops_per_chip=model_flops_per_chip(config, tpu_slice.chips),
+        model_flops_per_chip=model_flops_per_chip(task, tpu_slice.chips),
         peak_flops=peak_flops_of(devices[0]), hbm_bytes_per_s=tpu_slice.generation.hbm_bytes_per_s)
