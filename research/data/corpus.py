@@ -20,7 +20,9 @@ assignment is deterministic and the splits are disjoint.
 """
 
 import abc
+import bisect
 import hashlib
+import itertools
 import logging
 import os
 import sysconfig
@@ -150,19 +152,40 @@ CORPORA: dict[str, type[TextCorpus]] = {"pydoc_topics": PydocTopics, "python_std
 
 
 class TextExamples(Sequence):
-    """Random access to one split: `examples[i]` is a dict of the features as `str`."""
+    """Random access to one split: `examples[i]` is a dict of the features as `str`.
 
-    def __init__(self, source: Sequence):
+    `shards` are the split's (shard file, number of examples) in order, so example i is in
+    the first shard whose running count exceeds i. An example that cannot be read or
+    decoded (a damaged shard) raises RuntimeError naming its shard file and saying to
+    delete `dataset_dir`, which the next `data_source` rebuilds from the bundled sources.
+    """
+
+    def __init__(self, source: Sequence, shards: Sequence[tuple[str, int]], dataset_dir: str):
         self._source = source
+        self._shard_files = [file for file, _ in shards]
+        self._shard_ends = list(itertools.accumulate(count for _, count in shards))
+        self._dataset_dir = dataset_dir
 
     def __len__(self) -> int:
         return len(self._source)
 
+    def shard_of(self, index: int) -> str:
+        """The shard file holding example `index` (0 <= index < len(self))."""
+        return self._shard_files[bisect.bisect_right(self._shard_ends, index)]
+
     def __getitem__(self, index: int) -> dict[str, str]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"example {index} out of range for {len(self)} examples")
-        record = self._source[index % len(self)]
-        return {key: value.decode("utf-8") for key, value in record.items()}
+        index %= len(self)
+        try:
+            record = self._source[index]
+            return {key: value.decode("utf-8") for key, value in record.items()}
+        except Exception as error:  # Riegeli, array_record, tfds and UTF-8 decoding raise many types
+            raise RuntimeError(
+                f"{self.shard_of(index)}: example {index} cannot be read ({error}); the dataset at "
+                f"{self._dataset_dir!r} is broken: delete that directory and rerun to rebuild it "
+                "from the bundled sources"
+            ) from error
 
 
 def data_source(name: str, split: str, data_dir: str) -> TextExamples:
@@ -171,7 +194,8 @@ def data_source(name: str, split: str, data_dir: str) -> TextExamples:
 
     Raises ValueError for an unknown corpus or split, OSError when a build is needed
     and `data_dir` is not writable, RuntimeError naming the dataset's directory when
-    the stored dataset cannot be read.
+    the stored dataset cannot be read (and the shard file, when one of its examples
+    cannot be read, here or later through the returned examples).
     """
     if name not in CORPORA:
         raise ValueError(f"unknown corpus {name!r}; known corpora: {sorted(CORPORA)}")
@@ -181,12 +205,15 @@ def data_source(name: str, split: str, data_dir: str) -> TextExamples:
     prepare.ensure_prepared(CORPORA[name], data_dir)
     dataset_dir = os.path.join(data_dir, name, str(CORPORA[name].VERSION))
     try:
-        examples = TextExamples(tfds.data_source(name, split=split, data_dir=data_dir, download=False))
-        if len(examples):  # array_record opens files lazily: read both ends of the split
-            _ = examples[0], examples[len(examples) - 1]
-    except Exception as error:  # array_record and tfds raise many types for damaged files
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as error:  # tfds raises many types for a damaged dataset
         raise RuntimeError(
             f"dataset {name!r} at {dataset_dir!r} is broken ({error!r}); delete that "
             "directory to rebuild it"
         ) from error
+    instructions = source.dataset_info.splits[split].file_instructions
+    shards = [(os.fspath(shard.filename), shard.take) for shard in instructions]
+    examples = TextExamples(source, shards, dataset_dir)
+    if len(examples):  # array_record opens files lazily: read both ends of the split
+        _ = examples[0], examples[len(examples) - 1]
     return examples

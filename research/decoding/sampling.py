@@ -9,10 +9,14 @@ id a row emits `pad_id`.
 
 Sampling from logits z at temperature T: p ∝ exp(z/T) restricted to the k largest (top-k)
 and to the smallest set of most likely tokens whose mass reaches p (top-p, nucleus);
-T = 0 is argmax.
+T = 0 is argmax. T < GREEDY_BELOW counts as T = 0: there the runner-up's probability
+relative to the argmax, exp(−Δz/T), is below e⁻¹⁰ unless the two largest logits are within
+10·T = 1e-5 of each other, while for tiny T z/T overflows float32 (or T underflows to 0) and
+the sample would be garbage rather than the argmax.
 """
 
 import functools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -24,20 +28,61 @@ from research.config import unfrozen
 from research.models.layers import kv_cache_length
 from research.models.llama import init_cache, unstack_layers
 
+GREEDY_BELOW = 1e-6  # temperatures below this decode greedily (argmax), as temperature 0
+
+
+def is_int(value) -> bool:
+    """A Python or numpy integer, not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def checked_int(name: str, value, low: int, high: int | None = None) -> int:
+    """`value` as an int in [low, high) (high None: no upper bound); ValueError naming `name` otherwise."""
+    bounds = f"in [{low}, {high})" if high is not None else f">= {low}"
+    if not is_int(value) or value < low or (high is not None and value >= high):
+        raise ValueError(f"{name} must be an int {bounds}, got {value!r}")
+    return int(value)
+
+
+def greedy_or_temperature(temperature) -> float:
+    """`temperature` as a float, 0.0 below GREEDY_BELOW; ValueError unless a finite real number >= 0."""
+    value = np.asarray(temperature)
+    if value.ndim or value.dtype.kind not in "iuf" or not math.isfinite(value) or value < 0:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    return 0.0 if value < GREEDY_BELOW else float(value)
+
+
+def token_row(row, index: int) -> list[int]:
+    """Prompt `index` as a list of ints; ValueError unless it is a sequence of integer token ids."""
+    if isinstance(row, (np.ndarray, jax.Array)):
+        ids = np.asarray(row)
+        if ids.ndim != 1 or ids.dtype.kind not in "iu":
+            raise ValueError(f"prompt {index} must be a 1-d array of integer token ids, got {ids.dtype} "
+                             f"shape {ids.shape}")
+        return ids.tolist()
+    if isinstance(row, (str, bytes)) or not isinstance(row, Sequence):
+        raise ValueError(f"prompt {index} must be a list of token ids, got {row!r}; prompts is a list of "
+                         "token lists (or an int array [batch, prompt_len])")
+    bad = [t for t in row if not is_int(t)]
+    if bad:
+        raise ValueError(f"prompt {index} has token id {bad[0]!r}, which is not an int")
+    return [int(t) for t in row]
+
 
 def pad_prompts(prompts, pad_id: int, vocab_size: int):
     """(tokens `[batch, max_len]` right-padded, lengths `[batch]`) from an array or token lists."""
     if isinstance(prompts, (np.ndarray, jax.Array)):
-        rows = np.asarray(prompts)
-        if rows.ndim != 2:
-            raise ValueError(f"prompts must be [batch, prompt_len], got shape {rows.shape}")
-        rows = [list(r) for r in rows]
+        array = np.asarray(prompts)
+        if array.ndim != 2 or array.dtype.kind not in "iu":
+            raise ValueError(f"prompts must be an int array [batch, prompt_len], got {array.dtype} "
+                             f"shape {array.shape}")
+        rows = array.tolist()
     else:
-        rows = [list(r) for r in prompts]
+        rows = [token_row(row, index) for index, row in enumerate(prompts)]
     if not rows or any(len(r) == 0 for r in rows):
         raise ValueError("every prompt needs at least one token")
     for index, row in enumerate(rows):
-        bad = [t for t in row if not 0 <= int(t) < vocab_size]
+        bad = [t for t in row if not 0 <= t < vocab_size]
         if bad:
             raise ValueError(f"prompt {index} has token id {bad[0]} outside the vocabulary [0, {vocab_size})")
     lengths = np.array([len(r) for r in rows], np.int32)
@@ -133,25 +178,27 @@ def generate(model, params, prompts: Sequence[Sequence[int]] | np.ndarray | jax.
     `prompts` is an int array `[batch, prompt_len]` or a list of token lists of different
     lengths (row b then holds its prompt, its new tokens, and `pad_id` to the end).
     `eos_id` is one stop id or several (e.g. `(tokenizer.eos_id, tokenizer.end_of_turn_id)`):
-    a row keeps the first stop id it emits and is padded after it.
+    a row keeps the first stop id it emits and is padded after it. `temperature` below
+    GREEDY_BELOW decodes greedily. Raises ValueError naming the argument for token ids that
+    are not ints in [0, vocab_size), a `max_new_tokens` that is not a positive int, or a
+    temperature that is not a finite number >= 0.
     """
     config = model.config
+    pad_id = checked_int("pad_id", pad_id, 0, config.vocab_size)
     tokens, lengths = pad_prompts(prompts, pad_id, config.vocab_size)
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    max_new_tokens = checked_int("max_new_tokens", max_new_tokens, 1)
     if tokens.shape[1] + max_new_tokens > config.max_seq_len:
         raise ValueError(f"prompt length {tokens.shape[1]} + max_new_tokens {max_new_tokens} exceeds "
                          f"model.max_seq_len {config.max_seq_len}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    temperature = greedy_or_temperature(temperature)
     if temperature > 0 and rng is None:
-        raise ValueError("sampling with temperature > 0 needs an rng key")
-    if top_k is not None and not 0 < top_k <= config.vocab_size:
-        raise ValueError(f"top_k must be in [1, vocab_size], got {top_k}")
+        raise ValueError(f"sampling (temperature >= GREEDY_BELOW = {GREEDY_BELOW}) needs an rng key")
+    if top_k is not None:
+        top_k = checked_int("top_k", top_k, 1, config.vocab_size + 1)
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     stop_ids = stop_id_tuple(eos_id, config.vocab_size)
     rng = jax.random.key(0) if rng is None else rng
     return generate_padded(model, params, jnp.asarray(tokens), jnp.asarray(lengths), rng,
-                           max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=top_k,
+                           max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                            top_p=top_p, stop_ids=stop_ids, pad_id=pad_id)

@@ -7,8 +7,10 @@ A checkpoint is the folder `save_pretrained` writes: `config.json` plus `model.s
 or shards listed in `model.safetensors.index.json`. Tensors are read with safetensors into
 numpy, no torch needed: F32, F16 or BF16 on disk, float32 in memory. The loaded config
 computes in float32; set `model_config.dtype = "bfloat16"` for large models. Saving writes
-float32. Tied embeddings (`tie_word_embeddings: true`) and scaled RoPE variants are refused:
-LLaMA-2 has neither.
+float32. Only LLaMA checkpoints load (`model_type` "llama", `architectures`
+["LlamaForCausalLM"]); tied embeddings (`tie_word_embeddings: true`), scaled RoPE variants
+and sliding-window attention (`sliding_window`, as Mistral sets it) are refused: LLaMA-2 has
+none of them.
 
 Layout. HF `nn.Linear` weights are `[out, in]`; ours are `[in, ...]` with heads split out,
 per layer, stacked along a leading `layers` axis (`nn.scan`):
@@ -46,7 +48,7 @@ from flax import traverse_util
 from ml_collections import config_dict
 from safetensors.numpy import save_file
 
-from research.config_checks import validate_llama
+from research.models.llama_checks import validate_llama
 from research.models import abstract_params
 from research.models.llama import hidden_dim_of
 
@@ -55,6 +57,7 @@ WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 ROPE_BUFFER_SUFFIX = "rotary_emb.inv_freq"  # saved by old transformers; it follows from rope_theta
+ARCHITECTURE = "LlamaForCausalLM"
 HF_SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 
 
@@ -177,7 +180,14 @@ def rope_theta_from_hf(hf: dict, config_path: Path) -> float:
 def model_config_from_hf(hf: dict, config_path: Path) -> ml_collections.ConfigDict:
     """`config.model` for the LlamaConfig fields in `hf`, absent optional ones at LlamaConfig's defaults."""
     if hf.get("model_type") != "llama":
-        raise ValueError(f"{config_path}: model_type is {hf.get('model_type')!r}, expected 'llama'")
+        raise ValueError(f"{config_path}: model_type is {hf.get('model_type')!r}, expected 'llama'; "
+                         "only LLaMA checkpoints load")
+    if hf.get("architectures") not in (None, [ARCHITECTURE]):
+        raise ValueError(f"{config_path}: architectures is {hf['architectures']!r}, expected [{ARCHITECTURE!r}]; "
+                         "only LLaMA checkpoints load")
+    if hf.get("sliding_window") is not None:
+        raise ValueError(f"{config_path}: sliding_window={hf['sliding_window']!r} (sliding-window attention, as in "
+                         "Mistral) is not supported; only LLaMA checkpoints load")
     missing = [field for field in HF_SHAPE_FIELDS if field not in hf]
     if missing:
         raise ValueError(f"{config_path}: missing field(s) {missing}")
@@ -212,7 +222,7 @@ def model_config_from_hf(hf: dict, config_path: Path) -> ml_collections.ConfigDi
 def hf_config_from_model(model_config) -> dict:
     """The `config.json` of a float32 `LlamaForCausalLM`, readable by transformers 4 (rope_theta) and 5."""
     return {
-        "architectures": ["LlamaForCausalLM"],
+        "architectures": [ARCHITECTURE],
         "model_type": "llama",
         "vocab_size": model_config.vocab_size,
         "hidden_size": model_config.dim,
@@ -234,13 +244,17 @@ def hf_config_from_model(model_config) -> dict:
 
 
 def read_hf_config(directory: Path) -> dict:
+    """The JSON object in `directory/config.json`; ValueError naming the file if absent or not one."""
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         raise ValueError(f"{config_path} not found: {directory} is not a Hugging Face checkpoint")
     try:
-        return json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
+        hf = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{config_path} is not valid JSON: {error}") from None
+    if not isinstance(hf, dict):
+        raise ValueError(f"{config_path} holds a JSON {type(hf).__name__}, expected an object of LlamaConfig fields")
+    return hf
 
 
 def weight_files(directory: Path) -> list[Path]:
@@ -249,7 +263,7 @@ def weight_files(directory: Path) -> list[Path]:
     if index_path.is_file():
         try:
             shard_names = sorted(set(json.loads(index_path.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
             raise ValueError(f"{index_path} is not a safetensors index (JSON with a weight_map)") from None
         files = [directory / name for name in shard_names]
         absent = [str(file) for file in files if not file.is_file()]
@@ -262,13 +276,22 @@ def weight_files(directory: Path) -> list[Path]:
     return files
 
 
+def open_safetensors(file: Path, stack: contextlib.ExitStack):
+    """`safetensors.safe_open(file)` entered on `stack`; ValueError naming `file` if it is not
+    a safetensors file (truncated, garbage, an unreadable header) or cannot be opened."""
+    try:
+        return stack.enter_context(safetensors.safe_open(file, framework="np"))
+    except (safetensors.SafetensorError, OSError) as error:
+        raise ValueError(f"{file}: not a readable safetensors file ({error})") from None
+
+
 @contextlib.contextmanager
 def opened_tensors(files: list[Path]):
     """{tensor name: (file, open safetensors handle)} over `files`; a name in two files is an error."""
     with contextlib.ExitStack() as stack:
         sources = {}
         for file in files:
-            handle = stack.enter_context(safetensors.safe_open(file, framework="np"))
+            handle = open_safetensors(file, stack)
             for name in handle.keys():
                 if name in sources:
                     raise ValueError(f"tensor {name} is in both {sources[name][0]} and {file}")

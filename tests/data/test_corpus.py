@@ -1,6 +1,8 @@
 """research/data/corpus.py (and prepare.py): the offline tfds corpora."""
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -77,6 +79,31 @@ def test_a_corrupt_dataset_raises_naming_its_directory(tmp_path):
     shard.write_bytes(b"\0" * shard.stat().st_size)
     with pytest.raises(RuntimeError, match=f"{tmp_path}/pydoc_topics/1.0.0.*broken"):
         corpus.data_source("pydoc_topics", "train", str(tmp_path))
+
+
+def test_a_shard_damaged_in_the_middle_raises_naming_it_and_rebuilds_once_deleted(tmp_path):
+    original = read_split("pydoc_topics", "train", str(tmp_path))
+    dataset_dir = tmp_path / "pydoc_topics" / "1.0.0"
+    shard = dataset_dir / "pydoc_topics-train.array_record-00000-of-00001"
+    with open(shard, "r+b") as f:
+        f.seek(shard.stat().st_size // 3)
+        f.write(b"\xff" * 64)
+    examples = corpus.data_source("pydoc_topics", "train", str(tmp_path))  # both ends still read
+    with pytest.raises(RuntimeError, match=f"^{re.escape(str(shard))}: example [0-9]+ cannot be read "
+                                           ".*Riegeli.*delete that directory") as raised:
+        list(examples)
+    assert repr(str(dataset_dir)) in str(raised.value)
+    shutil.rmtree(dataset_dir)  # what the message says to do
+    assert read_split("pydoc_topics", "train", str(tmp_path)) == original
+
+
+def test_an_unreadable_example_is_blamed_on_its_own_shard():
+    records = [{"text": b"fine"}] * 3 + [{"text": b"\xff not utf-8"}] * 4
+    examples = corpus.TextExamples(records, [("shard-a", 3), ("shard-b", 4)], "/data/corpus/1.0.0")
+    assert examples[2] == {"text": "fine"}
+    for index in (3, 6, -1):
+        with pytest.raises(RuntimeError, match="^shard-b: example [36] cannot be read .*utf-8.*'/data/corpus/1.0.0'"):
+            examples[index]
 
 
 def test_a_data_dir_that_cannot_be_written_raises_naming_it(tmp_path):

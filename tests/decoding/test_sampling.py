@@ -9,7 +9,7 @@ import pytest
 
 from research import config as config_lib
 from research.config import unfrozen
-from research.decoding.sampling import filter_logits, generate
+from research.decoding.sampling import GREEDY_BELOW, filter_logits, generate
 from research.models import make_model
 
 
@@ -112,12 +112,40 @@ def test_filter_logits_top_p_keeps_the_nucleus():
     np.testing.assert_array_equal(kept, [[True, True, True, False]])
 
 
+def test_a_temperature_below_greedy_below_decodes_exactly_greedily(model_and_params):
+    """1e-40 underflows in float32: sampled, it gave garbage instead of the argmax."""
+    model, params = model_and_params
+    greedy = np.asarray(generate(model, params, RAGGED_PROMPTS, max_new_tokens=7, temperature=0.0))
+    for temperature in (1e-40, np.float32(1e-40), GREEDY_BELOW / 2):
+        cold = generate(model, params, RAGGED_PROMPTS, max_new_tokens=7, temperature=temperature,
+                        rng=jax.random.key(3))
+        np.testing.assert_array_equal(np.asarray(cold), greedy, err_msg=str(temperature))
+    np.testing.assert_array_equal(generate(model, params, RAGGED_PROMPTS, max_new_tokens=7, temperature=1e-40),
+                                  greedy)  # greedy needs no rng
+
+
 @pytest.mark.parametrize("prompts, kwargs, message", [
     ([[5, 300]], {}, "outside the vocabulary"),
     ([[]], {}, "at least one token"),
     ([[5]], {"temperature": 1.0}, "rng"),
     ([[5]], {"max_new_tokens": 2000}, "max_seq_len"),
     ([[5]], {"top_p": 1.5}, "top_p"),
+    ([[5]], {"temperature": float("nan")}, "temperature must be a finite number >= 0, got nan"),
+    ([[5]], {"temperature": float("inf")}, "temperature must be a finite number >= 0, got inf"),
+    ([[5]], {"temperature": -1.0}, "temperature must be a finite number >= 0, got -1.0"),
+    ([[5]], {"temperature": "0.5"}, "temperature must be a finite number"),
+    ([[5]], {"temperature": True}, "temperature must be a finite number"),
+    (np.array([[5.7, 6.2]]), {}, "prompts must be an int array .* got float64"),
+    (np.array([[True, False]]), {}, "prompts must be an int array .* got bool"),
+    ([[5, 6.0]], {}, "prompt 0 has token id 6.0, which is not an int"),
+    ([[5], [True]], {}, "prompt 1 has token id True, which is not an int"),
+    ([np.array([5.0])], {}, "prompt 0 must be a 1-d array of integer token ids, got float64"),
+    ([5, 6], {}, "prompt 0 must be a list of token ids, got 5"),
+    ([[5]], {"max_new_tokens": 2.5}, "max_new_tokens must be an int >= 1, got 2.5"),
+    ([[5]], {"max_new_tokens": True}, "max_new_tokens must be an int >= 1, got True"),
+    ([[5]], {"max_new_tokens": 0}, "max_new_tokens must be an int >= 1, got 0"),
+    ([[5]], {"top_k": 2.5, "temperature": 1.0, "rng": jax.random.key(0)}, "top_k must be an int in \\[1, 301\\)"),
+    ([[5]], {"pad_id": 300}, "pad_id must be an int in \\[0, 300\\), got 300"),
 ])
 def test_bad_requests_are_rejected(model_and_params, prompts, kwargs, message):
     model, params = model_and_params

@@ -25,6 +25,7 @@ from research.models.llama import Llama, hidden_dim_of
 
 TESTDATA = Path(__file__).parent / "testdata" / "hf_tiny_llama"
 WEIGHTS = "model.safetensors"
+SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
 # config.json fields transformers' LlamaConfig reads to build the model
 MODEL_FIELDS = ("architectures", "model_type", "vocab_size", "hidden_size", "intermediate_size",
                 "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
@@ -133,16 +134,21 @@ def test_our_random_params_round_trip_through_hf(tmp_path):
     assert_trees_equal(reloaded_params, nn.meta.unbox(boxed))
 
 
-def test_sharded_checkpoint_loads_like_one_file(loaded, checkpoint):
-    tensors = load_file(checkpoint / WEIGHTS)
-    (checkpoint / WEIGHTS).unlink()
-    shards = {"model-00001-of-00002.safetensors": {}, "model-00002-of-00002.safetensors": {}}
+def shard_in_two(directory: Path) -> None:
+    """Replaces model.safetensors by SHARDS (layer 1 in the second) and their index."""
+    tensors = load_file(directory / WEIGHTS)
+    (directory / WEIGHTS).unlink()
+    shards = {shard: {} for shard in SHARDS}
     for name, tensor in tensors.items():
-        shards[sorted(shards)["layers.1." in name]][name] = tensor
+        shards[SHARDS["layers.1." in name]][name] = tensor
     for shard, shard_tensors in shards.items():
-        save_file(shard_tensors, checkpoint / shard, metadata={"format": "pt"})
+        save_file(shard_tensors, directory / shard, metadata={"format": "pt"})
     weight_map = {name: shard for shard, shard_tensors in shards.items() for name in shard_tensors}
-    (checkpoint / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
+def test_sharded_checkpoint_loads_like_one_file(loaded, checkpoint):
+    shard_in_two(checkpoint)
     assert_trees_equal(load_hf_llama(checkpoint)[1], loaded[1])
 
 
@@ -192,6 +198,15 @@ def truncate_k_proj(d):
     edit_tensors(d, lambda t: t.update({"model.layers.1.self_attn.k_proj.weight": np.zeros((64, 64), np.float32)}))
 
 
+def truncate_file(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def truncate_second_shard(d):
+    shard_in_two(d)
+    truncate_file(d / SHARDS[1])
+
+
 def index_missing_shard(d):
     (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
         "lm_head.weight": "model-00002-of-00002.safetensors"}}))
@@ -209,6 +224,19 @@ BAD_CHECKPOINTS = [
     (truncate_k_proj, "model.layers.1.self_attn.k_proj.weight has shape \\(64, 64\\), expected \\(32, 64\\)"),
     (index_missing_shard, "model-00002-of-00002.safetensors"),
     (lambda d: (d / "model.safetensors.index.json").write_text("[]"), "not a safetensors index"),
+    (lambda d: truncate_file(d / WEIGHTS), f"{WEIGHTS}: not a readable safetensors file \\(.*incomplete"),
+    (lambda d: (d / WEIGHTS).write_bytes(bytes(range(256)) * 8), f"{WEIGHTS}: not a readable safetensors file"),
+    (lambda d: (d / WEIGHTS).write_bytes(b""), f"{WEIGHTS}: not a readable safetensors file"),
+    (truncate_second_shard, f"{SHARDS[1]}: not a readable safetensors file"),
+    (lambda d: (d / "config.json").write_text('["llama"]'), "config.json holds a JSON list, expected an object"),
+    (lambda d: (d / "config.json").write_text('"llama"'), "config.json holds a JSON str, expected an object"),
+    (lambda d: (d / "config.json").write_text('{"model_type": "llama",'), "config.json is not valid JSON"),
+    (lambda d: (d / "config.json").write_bytes(b"\xff\xfe\x00garbage"), "config.json is not valid JSON"),
+    (lambda d: edit_config(d, architectures=["MistralForCausalLM"]),
+     "architectures is \\['MistralForCausalLM'\\], expected \\['LlamaForCausalLM'\\]; only LLaMA checkpoints load"),
+    (lambda d: edit_config(d, sliding_window=4096), "sliding_window=4096 .*only LLaMA checkpoints load"),
+    (lambda d: edit_config(d, model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=4096),
+     "model_type is 'mistral', expected 'llama'; only LLaMA checkpoints load"),
 ]
 
 
@@ -217,6 +245,17 @@ def test_bad_checkpoint_raises_naming_the_problem(checkpoint, corrupt, message):
     corrupt(checkpoint)
     with pytest.raises(ValueError, match=message):
         load_hf_llama(checkpoint)
+
+
+def test_null_sliding_window_and_absent_architectures_load(loaded, checkpoint):
+    """What a config written from LlamaConfig alone (no model class) or by hand may hold."""
+    config = json.loads((checkpoint / "config.json").read_text())
+    del config["architectures"]
+    config["sliding_window"] = None
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    model_config, params = load_hf_llama(checkpoint)
+    assert model_config.to_dict() == loaded[0].to_dict()
+    assert_trees_equal(params, loaded[1])
 
 
 def test_save_refuses_a_non_empty_directory_unless_overwrite(loaded, tmp_path):
