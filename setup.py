@@ -4,7 +4,7 @@ import setuptools
 setuptools.setup(
     name="research",
     version="0.1.0",
-    description="A JAX research codebase: models, optimizers, kernels, post-training, decoding, evaluation.",
+    description="A JAX research codebase: models, optimizers, kernels, training, decoding, evaluation.",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["research", "research.*", "pallas_kernels", "pallas_kernels.*"]),
     install_requires=[

@@ -1,6 +1,6 @@
 """Times `coco_evaluate` against pycocotools' evaluate + accumulate + summarize, and checks equality.
 
-    python scripts/bench_detection.py [--images 5000] [--classes 80] [--max-dets 100] [--repeats 3]
+    python -m scripts.bench_detection [--images 5000] [--classes 80] [--max-dets 100] [--repeats 3]
 
 The dataset is synthetic and seeded (`research.eval.detection_testing.benchmark_dataset`):
 ~7 objects per image (1% crowds), between max_dets/2 and max_dets detections per image over all
@@ -20,13 +20,12 @@ import time
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 from research.eval import detection_coco
 from research.eval.detection import SUMMARY_NAMES, coco_evaluate, voc_evaluate
 from research.eval.detection_data import parse_detections, parse_ground_truth
 from research.eval.detection_testing import benchmark_dataset, pycocotools_eval
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _timed(fn, repeats):
@@ -90,7 +89,7 @@ def main() -> None:
     lines = [
         "# Detection mAP benchmark: `coco_evaluate` vs pycocotools",
         "",
-        f"Written by `python scripts/bench_detection.py{_flags(args)}`.",
+        f"Written by `python -m scripts.bench_detection{_flags(args)}`.",
         "",
         (
             f"Data: synthetic, seed {args.seed}: {len(gt['images'])} images × {len(gt['categories'])} classes, "

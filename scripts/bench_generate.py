@@ -1,25 +1,21 @@
 """Decoding throughput: greedy generation of 128 new tokens after a 32-token prompt.
 
-    python scripts/bench_generate.py [--new 128] [--prompt 32] [--repeats 3]
+    python -m scripts.bench_generate [--new 128] [--prompt 32] [--repeats 3]
 
 tokens/s = batch x new tokens / wall time of one jitted `generate` call (compiled first),
 at batch 1 and 8, next to PyTorch 2.13 CPU + transformers on the same shapes.
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from research.decoding.sampling import generate  # noqa: E402
-from research.models import make_model  # noqa: E402
-from scripts.bench_shapes import PYTORCH_DECODE_TOKENS_PER_S, SHAPES, shape_config  # noqa: E402
+from research.decoding.sampling import generate
+from research.models import make_model
+from scripts.bench_shapes import PYTORCH_DECODE_TOKENS_PER_S, SHAPES, shape_config
 
 
 def measure(config, batch: int, prompt_len: int, new_tokens: int, repeats: int) -> float:

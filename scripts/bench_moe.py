@@ -1,6 +1,6 @@
 """Mixture-of-experts throughput: tokens/s of the tiny MoE against the dense tiny LLaMA at equal activated size.
 
-    python scripts/bench_moe.py [--steps 5] [--batch 8] [--seq 256] [--out experiments/results/moe_bench.md]
+    python -m scripts.bench_moe [--steps 5] [--batch 8] [--seq 256] [--out experiments/results/moe_bench.md]
 
 Three models with the same attention and the same activated FFN width (688): the dense
 `configs/llama2.py:tiny`, and `configs/seed_thinking.py:tiny` (8 experts of width 344, top-2) with
@@ -16,17 +16,15 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from research import config as config_lib  # noqa: E402
-from research.models import count_params, make_model  # noqa: E402
-from research.models.moe import MOE_COLLECTION  # noqa: E402
-from research.train.flops import total_peak_flops  # noqa: E402
-from scripts.bench_train import measure, random_batch  # noqa: E402
-from scripts.hardware import describe_hardware  # noqa: E402
+from research import config as config_lib
+from research.models import count_params, make_model
+from research.models.moe import MOE_COLLECTION
+from research.train.flops import total_peak_flops
+from scripts.bench_train import measure, random_batch
+from scripts.hardware import describe_hardware
 
 DENSE = "dense"
 SPECS = {
@@ -121,7 +119,7 @@ def main(argv=None, configs: dict | None = None) -> dict[str, dict]:
     args = parse_args(argv)
     print(f"device: {describe_hardware()}")
     rows = benchmark(configs or load_configs(), args.steps, args.batch, args.seq)
-    command = " ".join(["python scripts/bench_moe.py", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python -m scripts.bench_moe", *(sys.argv[1:] if argv is None else argv)])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report(rows, command, args))
     print(f"wrote {args.out}")

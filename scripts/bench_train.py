@@ -1,6 +1,6 @@
 """Training throughput: tokens/s and MFU of the jitted train step (fwd + bwd + AdamW).
 
-    python scripts/bench_train.py [--steps 20] [--steps-100m 3] [--batch 8] [--seq 256]
+    python -m scripts.bench_train [--steps 20] [--steps-100m 3] [--batch 8] [--seq 256]
 
 Batches of random tokens, batch 8 x 256 tokens; the step is the trainer's own
 (`research.train.trainers.lm.make_train_step`). Prints one line per shape next to
@@ -8,23 +8,19 @@ PyTorch 2.13 CPU's figure on the same shape.
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from research import config as config_lib  # noqa: E402
-from research.models import count_params, make_model  # noqa: E402
-from research.optim import make_optimizer, make_schedule  # noqa: E402
-from research.train.flops import flops_per_token, total_peak_flops  # noqa: E402
-from research.train.state import TrainState  # noqa: E402
-from research.train.trainers.lm import make_train_step  # noqa: E402
-from scripts.bench_shapes import PYTORCH_TRAIN_TOKENS_PER_S, SHAPES, shape_config  # noqa: E402
+from research import config as config_lib
+from research.models import count_params, make_model
+from research.optim import make_optimizer, make_schedule
+from research.train.flops import flops_per_token, total_peak_flops
+from research.train.state import TrainState
+from research.train.trainers.lm import make_train_step
+from scripts.bench_shapes import PYTORCH_TRAIN_TOKENS_PER_S, SHAPES, shape_config
 
 
 def random_batch(batch: int, seq: int, vocab: int, key):

@@ -2,7 +2,7 @@
 
 Run once, in an environment with torch and transformers (not dependencies of `research`):
 
-    python scripts/make_hf_llama_testdata.py [--out DIR]
+    python -m scripts.make_hf_llama_testdata [--out DIR]
 
 The model has grouped-query attention (4 heads sharing 2 KV heads), RoPE θ = 500 (not the
 default 10000) and random RMSNorm gains, so a wrong q/k row permutation, KV-head mapping,

@@ -11,7 +11,6 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 from experiments import ring_allreduce
 from research.parallel.collectives import (map_fused_by_dtype, ring_all_gather, ring_all_reduce,
                                            ring_reduce_scatter)
-from research.parallel.hierarchical import hierarchical_all_reduce
 
 
 def _mesh(sizes, names):
@@ -81,17 +80,6 @@ def test_reduce_scatter_and_all_gather_equal_lax(p, bidirectional):
         return ring, xla
 
     _assert_equal(*_per_device(both, _mesh((p,), ("x",)), tree))
-
-
-@pytest.mark.parametrize("bidirectional", [False, True])
-@pytest.mark.parametrize("inner, outer", [(4, 2), (3, 2)])
-def test_hierarchical_all_reduce_equals_psum_over_both_axes(inner, outer, bidirectional):
-    mesh = _mesh((outer, inner), ("slices", "chips"))
-    tree = _awkward_tree(outer * inner, seed=2)
-    both = _per_device(lambda t: (hierarchical_all_reduce(t, "chips", "slices",
-                                                          bidirectional=bidirectional),
-                                  lax.psum(t, ("chips", "slices"))), mesh, tree)
-    _assert_equal(*both)
 
 
 def test_map_fused_by_dtype_makes_one_call_per_dtype():

@@ -1,0 +1,1 @@
+"""One module per paper table or figure, run as `python -m experiments.NAME`; results in experiments/results/."""
