@@ -111,17 +111,3 @@ def test_incompatible_checkpoint_names_the_parameter_and_overwrites_nothing(tiny
         train(tiny_config(model__hidden_dim=96), str(tmp_path), devices=ONE_DEVICE)
     after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and p.name != "run.lock"}
     assert before == after
-
-
-
-def test_throughput_leaves_evaluation_and_checkpoint_time_out(monkeypatch):
-    from research.train import loop
-
-    throughput = loop.Throughput(flops_per_token=2.0, peak_flops=100.0)
-    monkeypatch.setattr(loop.time, "perf_counter", lambda: 0.0)
-    throughput.begin()
-    throughput.exclude(4.0)  # of the 10 s until the reading, 4 went to evaluation
-    monkeypatch.setattr(loop.time, "perf_counter", lambda: 10.0)
-    rates = throughput.read(tokens=300, steps=3)
-    assert rates["tokens_per_s"] == 300 / 6.0 and rates["mfu"] == 300 / 6.0 * 2.0 / 100.0
-    assert rates["step_time_s"] == 2.0
