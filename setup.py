@@ -23,9 +23,13 @@ setuptools.setup(
         "matplotlib>=3.8",
         "numpy>=1.26",
         "ml-dtypes>=0.4",
+        "optuna>=5.0",
+        "cmaes>=0.11",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "pycocotools>=2.0.8"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "pycocotools>=2.0.8", "pgserver>=0.1.4", "psycopg2-binary>=2.9"],
+        "postgres": ["psycopg2-binary>=2.9"],
+        "dashboard": ["optuna-dashboard>=0.21"],
         "tpu": ["jax[tpu]"],
     },
 )

@@ -6,9 +6,10 @@
 Sweeps learning rate x weight decay for Adam with L2 regularisation and for AdamW on a very
 small LLaMA trained on the bundled CPython docs (configs/adamw_decoupling.py holds the model,
 the two grids, and how AdamW's decay is kept independent of the learning rate as in the
-paper). Both grids are one `research.sweep` (the config's get_sweep), every cell an ordinary
-run in <workdir>/grid/<cell>/, so a rerun resumes; then the best cell of each optimizer is
-trained again with `--seeds` other seeds (<workdir>/best_seeds/). Writes <output>.png (the
+paper). Both grids are one grid study of `research.sweep` (the config's get_sweep; the study
+is <workdir>/grid/study.db), every cell an ordinary run in <workdir>/grid/<cell>/, so a rerun
+resumes; then the best cell of each optimizer is trained again with `--seeds` other seeds
+(<workdir>/best_seeds/). Writes <output>.png (the
 two heatmaps of final validation loss side by side, each learning rate's basin dotted) and
 <output>.md (the grids, the best cells, and the verdict on the paper's two claims):
 (a) with AdamW the best weight decay depends much less on the learning rate (the basin of
@@ -33,6 +34,7 @@ from research.data import corpus
 from research.data.pipeline import tokenized_documents
 from research.data.tokenizer import get_tokenizer
 from research.sweep_report import draw_heatmap, metric_grid, metric_of
+from research.sweep_space import override_text
 
 CONFIG = "configs/adamw_decoupling.py"
 METRIC = "eval_loss"
@@ -51,28 +53,25 @@ def spec_of(steps: int, points: int) -> str:
     return f"{CONFIG}:steps={steps},points={points}"
 
 
-def run_trials(name: str, trials: list, args, title: str) -> dict[str, list]:
-    """Runs (or resumes) `trials` as the sweep <workdir>/<name>; their outcomes by optimizer."""
-    workdir = args.workdir / name
-    sweep.check_earlier_runs(trials, workdir)
-    outcomes = sweep.run_sweep(spec_of(args.steps, args.points), trials, workdir, parallel=args.parallel,
-                               title=title)
+def run_trials(name: str, grid: sweep.Sweep, args, title: str) -> dict[str, list]:
+    """Runs (or resumes) `grid` as the study of <workdir>/<name>; its outcomes by optimizer."""
+    outcomes = sweep.run_sweep(grid, args.workdir / name, options=sweep.Options(parallel=args.parallel), title=title)
     return {optimizer: [o for o in outcomes if o.values[NAME_FIELD] == optimizer] for optimizer in DECAY_FIELDS}
 
 
 def run_grid(args) -> dict[str, list]:
-    """Both optimizers' learning-rate x decay grids, one sweep (the config's get_sweep)."""
-    trials = sweep.plan_sweep(spec_of(args.steps, args.points), [])
-    return run_trials("grid", trials, args, "Adam + L2 and AdamW: final validation loss")
+    """Both optimizers' learning-rate x decay grids, one grid study (the config's get_sweep)."""
+    grid = sweep.plan_sweep(spec_of(args.steps, args.points), [])
+    return run_trials("grid", grid, args, "Adam + L2 and AdamW: final validation loss")
 
 
 def run_seeds(best_values: dict[str, dict], args) -> dict[str, list[float]]:
     """Final losses of each optimizer's best cell trained again with seeds 1..args.seeds (NaN if failed)."""
-    override_sets = [{NAME_FIELD: optimizer, **{field: sweep.override_text(value) for field, value in values.items()},
-                      "seed": str(seed)}
-                     for optimizer, values in best_values.items() for seed in range(1, args.seeds + 1)]
-    trials = sweep.validated_trials(spec_of(args.steps, args.points), override_sets)
-    outcomes = run_trials("best_seeds", trials, args, "The best cell of each optimizer with other seeds")
+    plan = [{NAME_FIELD: optimizer, **{field: override_text(value) for field, value in values.items()},
+             "seed": str(seed)}
+            for optimizer, values in best_values.items() for seed in range(1, args.seeds + 1)]
+    grid = sweep.grid_sweep(spec_of(args.steps, args.points), plan)
+    outcomes = run_trials("best_seeds", grid, args, "The best cell of each optimizer with other seeds")
     return {optimizer: [metric_of(o, METRIC) for o in group] for optimizer, group in outcomes.items()}
 
 

@@ -6,7 +6,9 @@ is complete reports so and changes nothing.
 
 Exit status: 0 done; 1 the run stopped on a non-finite loss or state (its last good checkpoint
 is kept); 2 bad input (config, workdir, checkpoint), one line on stderr naming it; 75 preempted
-by SIGTERM or SIGINT, with a checkpoint to resume from (rerun the same command).
+by SIGTERM or SIGINT, with a checkpoint to resume from (rerun the same command); 3 stopped early
+by a sweep's pruner (the run is a trial of `research.sweep`, which names it in the environment:
+research/sweep_pruning.py), its checkpoint kept.
 """
 
 import argparse
@@ -18,8 +20,9 @@ import sys
 import jax
 
 from research import config as config_lib
+from research import sweep_pruning
 from research.parallel import distributed
-from research.train.loop import train
+from research.train.loop import StoppedEarly, train
 from research.train.preemption import PREEMPTED_EXIT_CODE, Preempted
 from research.train.workdir_lock import WorkdirLocked
 
@@ -61,7 +64,7 @@ def main(argv=None) -> dict:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     config = config_lib.load(args.config, overrides)
     distributed.initialize(config)  # before anything asks jax for devices
-    results = train(config, args.workdir)
+    results = train(config, args.workdir, on_evaluation=sweep_pruning.hook_from_environment())
     if jax.process_index() == 0:
         texts = {name: value for name, value in results.items() if isinstance(value, list)}
         for name, values in texts.items():
@@ -79,6 +82,9 @@ def cli(argv=None) -> int:
     except Preempted as stop:
         print(f"research.run: {stop}", file=sys.stderr)
         return PREEMPTED_EXIT_CODE
+    except StoppedEarly as stop:
+        print(f"research.run: {stop}", file=sys.stderr)
+        return sweep_pruning.STOPPED_EARLY_EXIT_CODE
     except FloatingPointError as error:
         print(f"research.run: {error}", file=sys.stderr)
         return 1

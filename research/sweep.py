@@ -1,41 +1,42 @@
-"""Hyperparameter sweeps over config fields: resumable, one process per trial, a table and a plot.
+"""Hyperparameter sweeps over config fields as Optuna studies: one process per trial, many workers, a report.
+
+One machine (the study is DIR/study.db, nothing to start):
 
     python -m research.sweep --config configs/llama2.py:tiny --workdir DIR \\
         --sweep 'optimizer.learning_rate=1e-4,3e-4,1e-3' --sweep 'optimizer.weight_decay=0,0.01,0.1' \\
         [--config.train.steps=100 ...] [--parallel 2] [--metric eval_loss --mode min]
 
-The trials are
-- the product of the `--sweep FIELD=V1,V2,...` value lists (a grid), or
-- with `--samples N`, N draws seeded by `--seed`: a range `FIELD=loguniform(LO,HI)` or
-  `FIELD=uniform(LO,HI)` is sampled (rounded to 3 significant digits, to a whole number for
-  an int field), a value list is drawn from uniformly; repeated draws run once; or
-- without `--sweep`, the override dicts of the config file's `get_sweep(arg) -> list[dict]`.
+Many machines: the same command on each, with `--storage postgresql+psycopg2://USER:PASS@HOST/DB`
+(or a journal file on a shared disk); the workers split the trials. `optuna-dashboard STORAGE`
+(e.g. `optuna-dashboard sqlite:///DIR/study.db`) shows the study while it runs.
 
-Every trial's config is loaded and validated (`research.config.load`) before any trial
-starts, so a misspelt field, an empty or ill-typed value or a negative learning rate stops
-the sweep at once. A trial is a normal run, `python -m research.run --config ... --workdir
-DIR/<name>` plus the fixed and the trial's overrides, in its own process (output in
-DIR/<name>/run.log); its name lists its overrides, `learning_rate=0.001,weight_decay=0.1`.
-`--parallel N` runs N trials at once, each on one thread when N > 1. A rerun skips trials
-that have results.json and resumes the others from their checkpoints; a trial that fails is
-recorded with the tail of its log while the others go on. A trial whose workdir another process
-holds (research/train/workdir_lock.py) is not started but recorded as failed. Trials end with the
-sweep, however it ends: they get SIGTERM (and save a checkpoint) when the sweep is interrupted,
-and, on Linux, when the sweep process dies even by SIGKILL. At the end DIR/results.csv,
-results.md and results.png are written (`research.sweep_report`); the exit status is 1 if
-any trial failed, 2 for bad input.
+The search (research/sweep_space.py): `--sampler grid` (default) runs the product of the
+`--sweep FIELD=V1,V2,...` lists, or without `--sweep` the config file's `get_sweep(arg)`;
+`--sampler random|tpe|cmaes --trials N` draws N trials from the lists and from ranges
+`FIELD=loguniform(LO,HI)` / `uniform(LO,HI)`. `--pruner median|successive_halving|hyperband`
+stops a trial whose evaluations (`config.train.eval_every`) fall behind, from the run's own
+evaluations (research/sweep_pruning.py); the run keeps its checkpoint and the trial is recorded
+PRUNED with its last value. Storage, claiming and the retry policy: research/sweep_study.py.
+
+A grid's configs are loaded and validated before the study is created, so a misspelt field or a
+bad value stops the sweep at once (exit status 2); a sampled trial with a bad config is recorded
+as failed. A trial is a normal run, `python -m research.run --config ... --workdir DIR/<name>`
+plus the fixed and the trial's overrides, in its own process (output in DIR/<name>/run.log); a
+crashing or diverging trial is recorded FAIL with the tail of its log and the study goes on. A
+trial whose workdir another process holds (research/train/workdir_lock.py) is not started but
+recorded as failed. Trials end with their worker, however it ends: they get SIGTERM (and save a
+checkpoint) when the worker is interrupted and, on Linux, when it dies even by SIGKILL. When no
+trial is left, the worker writes DIR/results.csv, results.md, results.png, history.png and, once
+enough trials finished, importance.png (research/sweep_report.py) from the study; the exit
+status is 1 if a trial failed.
 """
 
 import argparse
 import ctypes
 import dataclasses
-import hashlib
-import itertools
 import json
 import math
 import os
-import random
-import re
 import signal
 import subprocess
 import sys
@@ -43,256 +44,84 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import ml_collections
+import optuna
+from optuna.trial import TrialState
 
 from research import config as config_lib
-from research import sweep_report
+from research import sweep_pruning, sweep_report, sweep_space, sweep_study
+from research.train.preemption import PREEMPTED_EXIT_CODE
 from research.train.workdir_lock import is_locked
 
-RANGE_PATTERN = re.compile(r"^(loguniform|uniform)\((.*)\)$")
-UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+=-]")
-MAX_NAME_LENGTH = 120
 SINGLE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 LOG_FILE = "run.log"
 RESULTS_FILE = "results.json"
 LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 65536
 POLL_SECONDS = 0.2
+PLAN_WAIT_SECONDS = 30  # how long a worker waits for the study's creator to enqueue a grid
 STOP_GRACE_SECONDS = 60  # a trial told to stop (SIGTERM) saves a checkpoint first; then it is killed
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
 @dataclasses.dataclass(frozen=True)
-class ValueList:
-    """`FIELD=V1,V2,...`: the override texts one field takes."""
+class Sweep:
+    """What to run: the config and fixed overrides, and either a grid `plan` (override dicts, every
+    config validated) or `axes` for a sampler to draw `trials` trials from."""
 
-    field: str
-    values: tuple[str, ...]
+    spec: str
+    fixed: tuple[str, ...]
+    sampler: str
+    plan: list[dict] | None
+    axes: list
+    field_types: dict
+    trials: int
 
+    @property
+    def fields(self) -> list[str]:
+        """The swept fields, in order of first appearance."""
+        if self.plan is not None:
+            return list(dict.fromkeys(field for overrides in self.plan for field in overrides))
+        return [axis.field for axis in self.axes]
 
-@dataclasses.dataclass(frozen=True)
-class ValueRange:
-    """`FIELD=loguniform(LO,HI)` or `FIELD=uniform(LO,HI)`: where random search draws a field."""
-
-    field: str
-    low: float
-    high: float
-    log: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class Trial:
-    """One run of a sweep: its directory name, its overrides (field -> text) and its config."""
-
-    name: str
-    overrides: dict
-    config: ml_collections.FrozenConfigDict
-
-    def values(self, fields: Sequence[str]) -> dict:
-        """The resolved value of each of `fields` that this trial overrides."""
-        return {field: lookup(self.config, field) for field in fields if field in self.overrides}
+    def describe(self) -> dict:
+        """What every worker of one study must agree on."""
+        return {"config": self.spec, "fixed": list(self.fixed), "sampler": self.sampler, "plan": self.plan,
+                "axes": [dataclasses.asdict(axis) for axis in self.axes], "trials": self.trials}
 
 
-def split_values(text: str) -> list[str]:
-    """`text` split at the commas outside brackets and quotes, each part stripped."""
-    parts, current, depth, quote = [], [], 0, None
-    for char in text:
-        if quote:
-            quote = None if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char in "([{":
-            depth += 1
-        elif char in ")]}":
-            depth -= 1
-        elif char == "," and depth == 0:
-            parts.append("".join(current).strip())
-            current = []
-            continue
-        current.append(char)
-    parts.append("".join(current).strip())
-    return parts
-
-
-def parse_sweep_flag(text: str) -> ValueList | ValueRange:
-    """Parses one `--sweep` flag: `FIELD=V1,V2,...` or `FIELD=loguniform(LO,HI)` / `uniform(LO,HI)`."""
-    field, sep, spec = text.partition("=")
-    field, spec = field.strip().removeprefix("--config."), spec.strip()
-    if not sep or not field:
-        raise ValueError(f"--sweep {text!r} is not of the form FIELD=V1,V2,... or FIELD=loguniform(LO,HI)")
-    match = RANGE_PATTERN.match(spec)
-    if match:
-        return parse_range(field, match.group(1), match.group(2))
-    values = split_values(spec)
-    if not spec:
-        raise ValueError(f"--sweep {text!r}: the value list of {field} is empty")
-    if not all(values):
-        raise ValueError(f"--sweep {text!r}: the value list of {field} has an empty value")
-    if len(set(values)) < len(values):
-        raise ValueError(f"--sweep {text!r}: the value list of {field} repeats a value")
-    return ValueList(field, tuple(values))
-
-
-def parse_range(field: str, kind: str, bounds_text: str) -> ValueRange:
-    """The range `kind(bounds_text)` of `field`; LO < HI, and LO > 0 for loguniform."""
-    bounds = split_values(bounds_text)
-    try:
-        low, high = (float(bound) for bound in bounds)
-    except ValueError:
-        raise ValueError(f"--sweep {field}={kind}({bounds_text}): expected two numbers, LO and HI") from None
-    if not low < high:
-        raise ValueError(f"--sweep {field}={kind}({bounds_text}): LO must be below HI")
-    if kind == "loguniform" and low <= 0:
-        raise ValueError(f"--sweep {field}={kind}({bounds_text}): loguniform needs LO > 0")
-    return ValueRange(field, low, high, log=kind == "loguniform")
-
-
-def grid(axes: Sequence[ValueList | ValueRange]) -> list[dict]:
-    """Every combination of the value lists of `axes` (the last field varies fastest)."""
-    ranges = [axis.field for axis in axes if isinstance(axis, ValueRange)]
-    if ranges:
-        raise ValueError(f"{', '.join(ranges)}: a range is drawn from by random search; add --samples N")
-    fields = [axis.field for axis in axes]
-    return [dict(zip(fields, combination)) for combination in itertools.product(*(a.values for a in axes))]
-
-
-def random_search(axes: Sequence[ValueList | ValueRange], samples: int, seed: int,
-                  base_config: ml_collections.FrozenConfigDict) -> list[dict]:
-    """`samples` seeded draws over `axes` (ranges sampled, lists drawn from), repeats dropped."""
-    field_types = {axis.field: numeric_field_type(base_config, axis.field)
-                   for axis in axes if isinstance(axis, ValueRange)}
-    rng = random.Random(seed)
-    draws = []
-    for _ in range(samples):
-        draws.append({axis.field: draw(axis, rng, field_types.get(axis.field)) for axis in axes})
-    return list({tuple(overrides.items()): overrides for overrides in draws}.values())
-
-
-def draw(axis: ValueList | ValueRange, rng: random.Random, field_type: type | None) -> str:
-    """The override text of one draw: a list's value, or a range's sample rounded for reading."""
-    if isinstance(axis, ValueList):
-        return rng.choice(axis.values)
-    if axis.log:
-        value = math.exp(rng.uniform(math.log(axis.low), math.log(axis.high)))
-    else:
-        value = rng.uniform(axis.low, axis.high)
-    return str(round(value)) if field_type is int else f"{value:.3g}"
-
-
-def numeric_field_type(config: ml_collections.FrozenConfigDict, field: str) -> type:
-    """int or float, the type of `field`, which a range must have. An unknown field raises
-    `research.config`'s ValueError, which names the closest real fields."""
-    probe = config_lib.unfrozen(config)
-    config_lib.apply_override(probe, f"{field}=0")
-    value = lookup(probe, field)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"--sweep {field}: a range needs a numeric field; {field} holds {type(value).__name__}")
-    return type(value)
-
-
-def config_sweep(spec: str) -> list[dict]:
-    """The override dicts of `get_sweep(arg)` in the config file of `spec`, values as override text."""
-    path, _, arg = spec.partition(":")
-    module = config_lib.load_module(path)
-    if not hasattr(module, "get_sweep"):
-        raise ValueError(f"no --sweep given and {path} defines no get_sweep(arg)")
-    return [{field: override_text(value) for field, value in overrides.items()}
-            for overrides in module.get_sweep(arg or None)]
-
-
-def override_text(value) -> str:
-    """The command-line text of a config value: strings as they are, anything else as a literal."""
-    return value if isinstance(value, str) else repr(value)
-
-
-def trial_names(override_sets: Sequence[dict]) -> list[str]:
-    """A filesystem-safe name per trial, `leaf=value,...` in override order (the full dotted
-    field where two swept fields share a leaf); raises ValueError if two names coincide."""
-    fields = list(dict.fromkeys(field for overrides in override_sets for field in overrides))
-    leaves = [field.rsplit(".", 1)[-1] for field in fields]
-    short = {field: leaf if leaves.count(leaf) == 1 else field for field, leaf in zip(fields, leaves)}
-    names = [trial_name(overrides, short) for overrides in override_sets]
-    seen = {}
-    for name, overrides in zip(names, override_sets):
-        if name in seen:
-            raise ValueError(f"two trials share the name {name!r}: {seen[name]} and {overrides}")
-        seen[name] = overrides
-    return names
-
-
-def trial_name(overrides: dict, short: dict) -> str:
-    """`leaf=value,...` with characters other than letters, digits and `._+=-` in a field or
-    value replaced by `_`, shortened with a hash of the overrides if long; "base" if none."""
-    text = ",".join(f"{short[field]}={value}" for field, value in overrides.items())
-    name = ",".join(UNSAFE_NAME_CHARS.sub("_", f"{short[field]}={value}")
-                    for field, value in overrides.items()) or "base"
-    if len(name) > MAX_NAME_LENGTH:
-        digest = hashlib.sha1(text.encode()).hexdigest()[:8]
-        name = f"{name[:MAX_NAME_LENGTH - 9]}-{digest}"
-    return name
-
-
-def lookup(config, field: str):
-    """The value of the dotted `field` of `config`."""
-    node = config
-    for key in field.split("."):
-        node = node[key]
-    return node
-
-
-def plan_sweep(spec: str, sweep_flags: Sequence[str], fixed: Sequence[str] = (),
-               samples: int = 0, seed: int = 0) -> list[Trial]:
-    """The sweep's trials, each config loaded and validated; raises ValueError for bad input."""
+def plan_sweep(spec: str, sweep_flags: Sequence[str], fixed: Sequence[str] = (), sampler: str = "grid",
+               trials: int = 0) -> Sweep:
+    """The sweep of the command line; ValueError for bad input (a grid's every config is validated)."""
     base_config = config_lib.load(spec, fixed)
-    if sweep_flags:
-        axes = [parse_sweep_flag(flag) for flag in sweep_flags]
-        fields = [axis.field for axis in axes]
-        repeated = sorted({field for field in fields if fields.count(field) > 1})
-        if repeated:
-            raise ValueError(f"--sweep names {', '.join(repeated)} more than once")
-        override_sets = random_search(axes, samples, seed, base_config) if samples else grid(axes)
-    elif samples:
-        raise ValueError("--samples draws from the --sweep fields; none were given")
-    else:
-        override_sets = config_sweep(spec)
-    return validated_trials(spec, override_sets, fixed)
+    axes = sweep_space.parse_axes(sweep_flags)
+    if sampler == "grid":
+        if trials:
+            raise ValueError("--trials is for the samplers; a grid runs each of its points once")
+        return grid_sweep(spec, sweep_space.grid(axes) if axes else sweep_space.config_sweep(spec), fixed)
+    if not axes:
+        raise ValueError(f"--sampler {sampler} draws from the --sweep fields; none were given")
+    if trials < 1:
+        raise ValueError(f"--sampler {sampler} needs --trials N, N >= 1")
+    field_types = {axis.field: sweep_space.numeric_field_type(base_config, axis.field)
+                   for axis in axes if isinstance(axis, sweep_space.ValueRange)}
+    return Sweep(spec, tuple(fixed), sampler, None, axes, field_types, trials)
 
 
-def validated_trials(spec: str, override_sets: Sequence[dict], fixed: Sequence[str] = ()) -> list[Trial]:
-    """A named trial per dict of overrides (field -> text), each config loaded with the fixed
-    overrides and validated; raises ValueError naming the first bad trial."""
-    if not override_sets:
+def grid_sweep(spec: str, plan: Sequence[dict], fixed: Sequence[str] = ()) -> Sweep:
+    """A grid of the given override dicts (field -> text), every trial's config validated;
+    ValueError naming the first bad trial."""
+    if not plan:
         raise ValueError("the sweep has no trials")
-    fixed_fields = {override.partition("=")[0] for override in fixed}
-    trials = []
-    for name, overrides in zip(trial_names(override_sets), override_sets):
-        both = sorted(fixed_fields & set(overrides))
-        if both:
-            raise ValueError(f"{', '.join(both)} is both swept and fixed by --config")
-        try:
-            config = config_lib.load(spec, [*fixed, *(f"{k}={v}" for k, v in overrides.items())])
-        except ValueError as error:
-            raise ValueError(f"trial {name}: {error}") from None
-        trials.append(Trial(name, overrides, config))
-    return trials
+    for name, overrides in zip(sweep_space.trial_names(plan), plan):
+        sweep_space.trial_config(spec, fixed, overrides, name)
+    return Sweep(spec, tuple(fixed), "grid", list(plan), [], {}, len(plan))
 
 
-def check_earlier_runs(trials: Sequence[Trial], workdir: Path) -> None:
-    """Raises ValueError if a trial directory holds a run of another config (e.g. after the
-    fixed overrides changed), whose results this sweep would otherwise take as its own."""
-    for trial in trials:
-        path = workdir / trial.name / "config.json"
-        if path.exists() and json.loads(path.read_text()) != json.loads(
-                json.dumps(trial.config.to_dict(), default=str)):
-            raise ValueError(f"{path} is the config of another run than trial {trial.name} of this "
-                             "sweep; use a new --workdir or delete that directory")
-
-
-def trial_command(spec: str, fixed: Sequence[str], trial: Trial, workdir: Path) -> list[str]:
-    """The `research.run` command line of `trial`."""
-    overrides = [*fixed, *(f"{field}={value}" for field, value in trial.overrides.items())]
-    return [sys.executable, "-m", "research.run", "--config", spec, "--workdir", str(workdir / trial.name),
-            *(f"--config.{override}" for override in overrides)]
+def trial_command(sweep: Sweep, overrides: dict, trial_dir: Path) -> list[str]:
+    """The `research.run` command line of a trial."""
+    all_overrides = [*sweep.fixed, *(f"{field}={value}" for field, value in overrides.items())]
+    return [sys.executable, "-m", "research.run", "--config", sweep.spec, "--workdir", str(trial_dir),
+            *(f"--config.{override}" for override in all_overrides)]
 
 
 def trial_environment(parallel: int) -> dict:
@@ -304,7 +133,7 @@ def trial_environment(parallel: int) -> dict:
 
 
 def die_with_parent() -> None:
-    """Runs in a trial's process before it starts: SIGTERM it when the sweep dies (Linux)."""
+    """Runs in a trial's process before it starts: SIGTERM it when the worker dies (Linux)."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -319,10 +148,6 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def is_finished(trial_dir: Path) -> bool:
-    return (trial_dir / RESULTS_FILE).exists()
-
-
 def log_tail(path: Path, returncode: int) -> str:
     """The exit status and the last lines of a trial's log (progress-bar redraws split apart)."""
     with path.open("rb") as log:
@@ -332,94 +157,210 @@ def log_tail(path: Path, returncode: int) -> str:
     return "\n".join([f"exit status {returncode}", *lines[-LOG_TAIL_LINES:]])
 
 
-class Progress:
-    """Prints `sweep: D/T done, R running, F failed, P pending` whenever a count changes."""
-
-    def __init__(self, total: int):
-        self.total, self.shown, self.started = total, None, time.perf_counter()
-
-    def show(self, done: int, running: int, failed: int) -> None:
-        counts = (done, running, failed)
-        if counts != self.shown:
-            self.shown = counts
-            pending = self.total - done - running - failed
-            print(f"sweep: {done}/{self.total} done, {running} running, {failed} failed, {pending} pending "
-                  f"({time.perf_counter() - self.started:.0f}s)", flush=True)
+def numeric_results(results: dict) -> dict:
+    """The finite numbers of a results.json (what the study keeps of a trial's results)."""
+    return {key: value for key, value in results.items()
+            if sweep_report.is_number(value) and math.isfinite(value)}
 
 
-def run_trials(trials: Sequence[Trial], spec: str, fixed: Sequence[str], workdir: Path,
-               parallel: int) -> dict[str, str]:
-    """Runs the trials without results.json, `parallel` processes at a time; returns the log
-    tails of the trials that failed, by name. Trials still running if this is interrupted
-    are stopped (and resume on the next run)."""
-    pending = [trial for trial in trials if not is_finished(workdir / trial.name)]
-    done = len(trials) - len(pending)
-    env = trial_environment(parallel)
-    progress = Progress(len(trials))
-    running, failures = {}, {}
-    progress.show(done, 0, 0)
-    try:
-        while pending or running:
-            while pending and len(running) < parallel:
-                trial = pending.pop(0)
-                (workdir / trial.name).mkdir(parents=True, exist_ok=True)
-                holder = is_locked(workdir / trial.name)
-                if holder:
-                    failures[trial.name] = f"not started: {holder}"
-                    continue
-                log = (workdir / trial.name / LOG_FILE).open("ab")
-                process = subprocess.Popen(trial_command(spec, fixed, trial, workdir), stdout=log,
-                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                           preexec_fn=die_with_parent)
-                running[trial.name] = (process, log)
-            for name, (process, log) in list(running.items()):
-                if process.poll() is None:
-                    continue
-                log.close()
-                del running[name]
-                if process.returncode == 0 and is_finished(workdir / name):
-                    done += 1
-                else:
-                    failures[name] = log_tail(workdir / name / LOG_FILE, process.returncode)
-            progress.show(done, len(running), len(failures))
-            if running:
+@dataclasses.dataclass
+class RunningTrial:
+    """A trial this worker started: the Optuna trial, its storage id, directory name, process and log."""
+
+    trial: optuna.Trial
+    trial_id: int
+    name: str
+    process: subprocess.Popen
+    log: object
+
+
+@dataclasses.dataclass
+class Options:
+    """How a worker runs trials: at a time, ranked by, pruned by, heartbeat (s)."""
+
+    parallel: int = 1
+    metric: str = "eval_loss"
+    mode: str = "min"
+    pruner: str = "none"
+    pruner_startup_trials: int = 5
+    heartbeat_s: int = 10
+
+
+class Worker:
+    """Claims trials of the study and runs them, `options.parallel` processes at a time, until
+    none is left (see research/sweep_study.py for claiming and retries)."""
+
+    def __init__(self, sweep: Sweep, study: optuna.Study, storage, url: str, workdir: Path, options: Options):
+        self.sweep, self.study, self.storage, self.url = sweep, study, storage, url
+        self.workdir, self.options = workdir, options
+        self.study_id = storage.get_study_id_from_name(study.study_name)
+        self.short = sweep_space.short_fields(sweep.fields)
+        self.grid_choices = {field: tuple(dict.fromkeys(o[field] for o in sweep.plan if field in o))
+                             for field in sweep.fields} if sweep.plan is not None else {}
+        self.env = trial_environment(options.parallel)
+        self.running: list[RunningTrial] = []
+        self.last_heartbeat = 0.0
+
+    def next_trial(self) -> optuna.Trial | None:
+        """A trial for this worker: a waiting one, else (sampling) a new one while the budget lasts."""
+        with sweep_study.claim_lock(self.url):
+            trial = sweep_study.claim_waiting(self.study, self.storage)
+            budget_left = self.sweep.plan is None and len(sweep_study.live_trials(self.study)) < self.sweep.trials
+            if trial is None and budget_left:
+                trial = self.study.ask()
+        if trial is not None and hasattr(self.storage, "record_heartbeat"):
+            self.storage.record_heartbeat(self.trial_id(trial))
+        return trial
+
+    def trial_id(self, trial: optuna.Trial) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+
+    def start(self, trial: optuna.Trial) -> None:
+        """Starts the trial's run, or records why it cannot start."""
+        overrides = trial.user_attrs.get(sweep_study.OVERRIDES_ATTR)
+        if overrides is None:
+            overrides = sweep_space.suggest(trial, self.sweep.axes, self.sweep.field_types)
+            trial.set_user_attr(sweep_study.OVERRIDES_ATTR, overrides)
+        elif self.sweep.plan is not None:  # a grid point: its values become the trial's parameters
+            for field in overrides:
+                trial.suggest_categorical(field, self.grid_choices[field])
+        name = sweep_space.trial_name(overrides, self.short)
+        trial.set_user_attr("name", name)
+        try:
+            config = sweep_space.trial_config(self.sweep.spec, self.sweep.fixed, overrides, name)
+        except ValueError as error:
+            return self.fail(trial, name, str(error))
+        trial.set_user_attr("values", json.loads(json.dumps(sweep_space.swept_values(config, overrides),
+                                                            default=str)))
+        trial_dir = self.workdir / name
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        holder = is_locked(trial_dir)
+        if holder:
+            return self.fail(trial, name, f"not started: {holder}")
+        env = self.env
+        if self.options.pruner != "none":
+            env = {**env, **sweep_pruning.environment(self.url, self.study.study_name, trial.number,
+                                                      self.options.metric, self.options.pruner,
+                                                      self.options.pruner_startup_trials)}
+        log = (trial_dir / LOG_FILE).open("ab")
+        process = subprocess.Popen(trial_command(self.sweep, overrides, trial_dir), stdout=log,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                   preexec_fn=die_with_parent)
+        self.running.append(RunningTrial(trial, self.trial_id(trial), name, process, log))
+
+    def fail(self, trial: optuna.Trial, name: str, error: str) -> None:
+        trial.set_user_attr("error", error)
+        self.study.tell(trial, state=TrialState.FAIL)
+        print(f"sweep: trial {trial.number} {name} failed: {error.splitlines()[-1]}", flush=True)
+
+    def finish(self, running: RunningTrial) -> None:
+        """Records an ended trial: COMPLETE with its metric, PRUNED, or FAIL (retried if preempted)."""
+        running.log.close()
+        trial, code = running.trial, running.process.returncode
+        results_path = self.workdir / running.name / RESULTS_FILE
+        if code == 0 and results_path.exists():
+            results = numeric_results(json.loads(results_path.read_text()))
+            trial.set_user_attr("results", results)
+            if self.options.metric in results:
+                self.study.tell(trial, results[self.options.metric])
+                print(f"sweep: trial {trial.number} {running.name} finished: {self.options.metric} "
+                      f"{results[self.options.metric]:.4g}", flush=True)
+            else:
+                self.fail(trial, running.name, f"results.json has no finite {self.options.metric}")
+        elif code == sweep_pruning.STOPPED_EARLY_EXIT_CODE:
+            self.study.tell(trial, state=TrialState.PRUNED)
+            print(f"sweep: trial {trial.number} {running.name} pruned", flush=True)
+        else:
+            self.fail(trial, running.name, log_tail(self.workdir / running.name / LOG_FILE, code))
+            if code == PREEMPTED_EXIT_CODE:
+                sweep_study.retry(self.study, trial.number)
+
+    def heartbeat(self) -> None:
+        """Records that this worker's trials are alive, and fails (and retries) other workers' silent ones."""
+        if time.monotonic() - self.last_heartbeat < self.options.heartbeat_s / 2:
+            return
+        self.last_heartbeat = time.monotonic()
+        if hasattr(self.storage, "record_heartbeat"):
+            for running in self.running:
+                self.storage.record_heartbeat(running.trial_id)
+            optuna.storages.fail_stale_trials(self.study)
+
+    def others_unfinished(self) -> bool:
+        """Whether trials that are not this worker's are running or waiting (a grid not yet
+        enqueued counts), so that one may still come back for a retry."""
+        return (not sweep_study.is_planned(self.study)
+                or bool(self.study.get_trials(deepcopy=False, states=sweep_study.UNFINISHED)))
+
+    def run(self) -> None:
+        """Runs trials until the study has none left for this worker."""
+        started = time.monotonic()
+        try:
+            while True:
+                self.heartbeat()
+                exhausted = False
+                while len(self.running) < self.options.parallel and not exhausted:
+                    trial = self.next_trial()
+                    exhausted = trial is None
+                    if trial is not None:
+                        self.start(trial)
+                for running in [r for r in self.running if r.process.poll() is not None]:
+                    self.running.remove(running)
+                    self.finish(running)
+                if exhausted and not self.running and not self.others_unfinished():
+                    return
+                if not sweep_study.is_planned(self.study) and time.monotonic() - started > PLAN_WAIT_SECONDS:
+                    raise RuntimeError(f"the study {self.study.study_name!r} was created but its grid was "
+                                       "never enqueued (its creator died?); delete it or use --study-name")
                 time.sleep(POLL_SECONDS)
-    finally:
-        for process, log in running.values():
-            stop(process)
-            log.close()
-    return failures
+        finally:
+            for running in self.running:
+                stop(running.process)
+                running.log.close()
+                self.fail(running.trial, running.name, "stopped with its worker; retried")
+                sweep_study.retry(self.study, running.trial.number)
 
 
-def outcomes_of(trials: Sequence[Trial], failures: dict[str, str], workdir: Path,
-                fields: Sequence[str]) -> list[sweep_report.TrialOutcome]:
-    """What the sweep knows of each trial: its swept values, its results.json or its error."""
+def outcomes_of(study: optuna.Study, metric: str) -> list[sweep_report.TrialOutcome]:
+    """Each finished trial of the study (a retried one once) as the report sees it."""
     outcomes = []
-    for trial in trials:
-        error = failures.get(trial.name)
-        results = None if error else json.loads((workdir / trial.name / RESULTS_FILE).read_text())
-        outcomes.append(sweep_report.TrialOutcome(trial.name, trial.values(fields), results, error))
+    for trial in sweep_study.live_trials(study):
+        if trial.state in sweep_study.UNFINISHED:
+            continue
+        name, values = trial.user_attrs.get("name", f"trial-{trial.number}"), trial.user_attrs.get("values", {})
+        if trial.state == TrialState.FAIL:
+            outcomes.append(sweep_report.TrialOutcome(name, values, None, trial.user_attrs.get("error", "failed")))
+        elif trial.state == TrialState.PRUNED:
+            results = {} if trial.value is None else {metric: trial.value, "step": trial.last_step}
+            outcomes.append(sweep_report.TrialOutcome(name, values, results, None, pruned_at=trial.last_step))
+        else:
+            outcomes.append(sweep_report.TrialOutcome(name, values, trial.user_attrs.get("results", {}), None))
     return outcomes
 
 
-def swept_fields(trials: Sequence[Trial]) -> list[str]:
-    """The fields some trial overrides, in order of first appearance."""
-    return list(dict.fromkeys(field for trial in trials for field in trial.overrides))
+def report(sweep: Sweep, study: optuna.Study, workdir: Path, metric: str, mode: str,
+           title: str | None = None) -> list[sweep_report.TrialOutcome]:
+    """Writes the report of the study into `workdir`; returns the outcomes it shows."""
+    outcomes = outcomes_of(study, metric)
+    sweep_report.write_reports(workdir, title or f"Sweep of {sweep.spec}", sweep.fields, outcomes, metric, mode,
+                               notes=[f"Fixed overrides: {' '.join(sweep.fixed)}"] if sweep.fixed else [])
+    sweep_report.write_study_plots(workdir, study, metric)
+    return outcomes
 
 
-def run_sweep(spec: str, trials: Sequence[Trial], workdir: str | Path, *, fixed: Sequence[str] = (),
-              parallel: int = 1, metric: str = "eval_loss", mode: str = "min",
-              title: str | None = None) -> list[sweep_report.TrialOutcome]:
-    """Runs (or resumes) `trials` in `workdir`, writes results.csv/.md/.png there and returns
-    each trial's outcome, in the order of `trials`."""
+def run_sweep(sweep: Sweep, workdir: str | Path, *, options: Options = Options(), storage: str | None = None,
+              study_name: str = "sweep", seed: int = 0, title: str | None = None) -> list[sweep_report.TrialOutcome]:
+    """Creates or joins the sweep's study, runs trials until none is left, writes the report into
+    `workdir` and returns the outcomes (ValueError if the study holds another sweep)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    failures = run_trials(trials, spec, fixed, workdir, parallel)
-    fields = swept_fields(trials)
-    outcomes = outcomes_of(trials, failures, workdir, fields)
-    sweep_report.write_reports(workdir, title or f"Sweep of {spec}", fields, outcomes, metric, mode,
-                               notes=[f"Fixed overrides: {' '.join(fixed)}"] if fixed else [])
-    return outcomes
+    url = sweep_study.storage_url(storage, workdir)
+    store = sweep_study.open_storage(url, options.heartbeat_s)
+    study = sweep_study.open_study(url, store, study_name, "minimize" if options.mode == "min" else "maximize",
+                                   sweep_study.make_sampler(sweep.sampler, seed),
+                                   sweep_study.make_pruner(options.pruner, options.pruner_startup_trials),
+                                   sweep.describe(), sweep.plan)
+    Worker(sweep, study, store, url, workdir, options).run()
+    return report(sweep, study, workdir, options.metric, options.mode, title)
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace, list[str]]:
@@ -428,41 +369,51 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, argparse.N
     parser.add_argument("--config", required=True, help="config file and argument, e.g. configs/llama2.py:tiny")
     parser.add_argument("--workdir", required=True, help="the sweep's directory; each trial runs in a sub-directory")
     parser.add_argument("--sweep", action="append", default=[], metavar="FIELD=VALUES",
-                        help="FIELD=V1,V2,... (a grid axis) or FIELD=loguniform(LO,HI) / uniform(LO,HI) "
-                             "(with --samples); repeat for more fields")
-    parser.add_argument("--samples", type=int, default=0, help="random search: this many draws (0: the grid)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random search")
-    parser.add_argument("--parallel", type=int, default=1, help="trials run at once, each in its own process")
+                        help="FIELD=V1,V2,... (a grid axis, or a choice) or FIELD=loguniform(LO,HI) / "
+                             "uniform(LO,HI) (sampled); repeat for more fields")
+    parser.add_argument("--sampler", choices=sweep_study.SAMPLERS, default="grid")
+    parser.add_argument("--trials", type=int, default=0, help="trials a sampler draws, over all workers")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    parser.add_argument("--pruner", choices=sweep_study.PRUNERS, default="none",
+                        help="stops trials whose evaluations fall behind (needs config.train.eval_every)")
+    parser.add_argument("--pruner-startup-trials", type=int, default=5,
+                        help="median pruner: finished trials before it prunes")
+    parser.add_argument("--parallel", type=int, default=1, help="trials this worker runs at once")
     parser.add_argument("--metric", default="eval_loss", help="the key of results.json that ranks trials")
     parser.add_argument("--mode", choices=("min", "max"), default="min", help="whether lower or higher is better")
+    parser.add_argument("--storage", help="SQLAlchemy URL or journal file (default: sqlite:///WORKDIR/study.db)")
+    parser.add_argument("--study-name", default="sweep", help="the study's name in the storage")
+    parser.add_argument("--heartbeat", type=int, default=10,
+                        help="seconds between trial heartbeats; a trial silent for twice this is retried")
     args, rest = parser.parse_known_args(argv)
     fixed = []
     for item in rest:
         if not item.startswith("--config.") or "=" not in item:
             parser.error(f"unrecognised argument {item!r}; fixed overrides look like --config.train.steps=100")
         fixed.append(item.removeprefix("--config."))
-    if args.parallel < 1:
-        parser.error(f"--parallel must be >= 1, got {args.parallel}")
-    if args.samples < 0:
-        parser.error(f"--samples must be >= 0, got {args.samples}")
+    for flag, value, low in (("--parallel", args.parallel, 1), ("--trials", args.trials, 0),
+                             ("--heartbeat", args.heartbeat, 1), ("--pruner-startup-trials",
+                                                                  args.pruner_startup_trials, 0)):
+        if value < low:
+            parser.error(f"{flag} must be >= {low}, got {value}")
     return parser, args, fixed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the sweep of the command line; returns 1 if a trial failed (2, via argparse, for bad input)."""
+    """Runs a worker of the sweep of the command line; returns 1 if a trial failed (2 for bad input)."""
     parser, args, fixed = parse_args(sys.argv[1:] if argv is None else argv)
-    workdir = Path(args.workdir)
+    options = Options(args.parallel, args.metric, args.mode, args.pruner, args.pruner_startup_trials, args.heartbeat)
+    started = time.perf_counter()
     try:
-        trials = plan_sweep(args.config, args.sweep, fixed, args.samples, args.seed)
-        check_earlier_runs(trials, workdir)
+        sweep = plan_sweep(args.config, args.sweep, fixed, args.sampler, args.trials)
+        outcomes = run_sweep(sweep, args.workdir, options=options, storage=args.storage,
+                             study_name=args.study_name, seed=args.seed)
     except ValueError as error:
         parser.error(str(error))
-    started = time.perf_counter()
-    outcomes = run_sweep(args.config, trials, workdir, fixed=fixed, parallel=args.parallel,
-                         metric=args.metric, mode=args.mode)
     failed = [outcome.name for outcome in outcomes if outcome.error is not None]
-    print(f"sweep: {len(outcomes) - len(failed)} finished, {len(failed)} failed in "
-          f"{time.perf_counter() - started:.0f}s; see {workdir / 'results.md'}", flush=True)
+    pruned = [outcome.name for outcome in outcomes if outcome.pruned_at is not None]
+    print(f"sweep: {len(outcomes) - len(failed) - len(pruned)} finished, {len(pruned)} pruned, {len(failed)} "
+          f"failed in {time.perf_counter() - started:.0f}s; see {Path(args.workdir) / 'results.md'}", flush=True)
     return 1 if failed else 0
 
 

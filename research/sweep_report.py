@@ -1,8 +1,9 @@
-"""The report of a sweep: results.csv, results.md (ranked table, failed trials) and results.png.
+"""The report of a sweep: results.csv, results.md (ranked table, failed trials) and results.png,
+and of its Optuna study: history.png (the metric by trial, best so far) and importance.png.
 
-The table ranks the finished trials by one key of their results.json, best first; trials
-without that key (or with NaN) come last, failed trials are listed apart with the tail of
-their log. The plot shows that metric as a heatmap when two fields were swept over a
+The table ranks the finished and pruned trials (a pruned one by its last reported value) by one
+key of their results, best first; trials without that key (or with NaN) come last, failed trials
+are listed apart with the tail of their log. The plot shows that metric as a heatmap when two fields were swept over a
 complete grid (the first field up the rows, the second across the columns), as a line over
 the values of one swept field, and otherwise as one scatter panel per swept field.
 Plots are drawn on `matplotlib.figure.Figure` (the Agg canvas), never through pyplot.
@@ -11,6 +12,7 @@ Plots are drawn on `matplotlib.figure.Figure` (the Agg canvas), never through py
 import csv
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,12 +24,18 @@ from matplotlib.patches import Rectangle
 
 @dataclasses.dataclass(frozen=True)
 class TrialOutcome:
-    """One trial as the report sees it: its name, swept values, results.json or error."""
+    """One trial as the report sees it: its name, swept values, results or error, and the step
+    a pruner stopped it at (None if it was not pruned)."""
 
     name: str
     values: dict
     results: dict | None
     error: str | None
+    pruned_at: int | None = None
+
+    @property
+    def status(self) -> str:
+        return "failed" if self.error is not None else "finished" if self.pruned_at is None else "pruned"
 
 
 def metric_of(outcome: TrialOutcome, metric: str) -> float:
@@ -80,7 +88,7 @@ def write_csv(path: Path, fields: Sequence[str], outcomes: Sequence[TrialOutcome
         for outcome in [*ranked(outcomes, metric, mode), *failed]:
             results = outcome.results or {}
             writer.writerow([outcome.name, *(outcome.values.get(field, "") for field in fields),
-                             "failed" if outcome.error is not None else "finished",
+                             outcome.status,
                              results.get(metric, ""), *(results.get(key, "") for key in numeric_keys),
                              outcome.error.splitlines()[-1] if outcome.error else ""])
 
@@ -90,16 +98,19 @@ def write_markdown(path: Path, title: str, fields: Sequence[str], outcomes: Sequ
     """The ranked table (rank, swept values, metric, trial name), then each failed trial's log tail."""
     best_first = ranked(outcomes, metric, mode)
     failed = [outcome for outcome in outcomes if outcome.error is not None]
+    pruned = sum(outcome.pruned_at is not None for outcome in outcomes)
     direction = "lower" if mode == "min" else "higher"
     lines = [f"# {title}", "",
-             f"{len(outcomes)} trials: {len(best_first)} finished, {len(failed)} failed. "
+             f"{len(outcomes)} trials: {len(best_first) - pruned} finished, "
+             f"{f'{pruned} pruned, ' if pruned else ''}{len(failed)} failed. "
              f"Ranked by `{metric}` ({direction} is better).", ""]
     lines += [*(f"{note}" for note in notes), *([""] if notes else [])]
     lines += ["| rank | " + " | ".join([*fields, metric, "trial"]) + " |",
               "|" + "---|" * (len(fields) + 3)]
     for rank, outcome in enumerate(best_first, 1):
         cells = [str(rank), *(format_value(outcome.values.get(field)) for field in fields),
-                 format_value(metric_of(outcome, metric)), f"`{outcome.name}`"]
+                 format_value(metric_of(outcome, metric)),
+                 f"`{outcome.name}`" + ("" if outcome.pruned_at is None else f" (pruned at step {outcome.pruned_at})")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "![the metric over the swept values](results.png)", ""]
     if failed:
@@ -208,4 +219,64 @@ def plot(path: Path, fields: Sequence[str], outcomes: Sequence[TrialOutcome], me
                       for outcome in outcomes]
             draw_metric_against(ax, field, points, metric, connect=len(fields) == 1)
             ax.set_title(f"{metric} against {field}{suffix}")
+    figure.savefig(path, dpi=120)
+
+
+def write_study_plots(workdir: Path, study, metric: str) -> None:
+    """history.png and, when the study's finished trials allow an estimate, importance.png."""
+    plot_history(workdir / "history.png", study, metric)
+    importances = param_importances(study)
+    if importances:
+        plot_importances(workdir / "importance.png", importances, metric)
+
+
+def param_importances(study) -> dict:
+    """Optuna's PED-ANOVA importance of each parameter for the study's objective (what reaching
+    the top `max(10%, 2 trials)` depends on); empty below two finished trials or when it cannot
+    be estimated (e.g. a parameter that never varied)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if finished < 2:
+        return {}
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator(target_quantile=min(0.5, max(0.1, 2 / finished)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # small studies: "few trials in the top quantile"
+        try:
+            return optuna.importance.get_param_importances(study, evaluator=evaluator)
+        except (RuntimeError, ValueError, ZeroDivisionError):
+            return {}
+
+
+def plot_history(path: Path, study, metric: str) -> None:
+    """Each finished or pruned trial's value by trial number, and the best so far."""
+    from optuna.trial import TrialState
+
+    figure = Figure(figsize=(6, 3.5), layout="constrained")
+    ax = figure.subplots()
+    minimize = study.direction.name == "MINIMIZE"
+    for state, marker in ((TrialState.COMPLETE, "o"), (TrialState.PRUNED, "x")):
+        trials = [t for t in study.get_trials(deepcopy=False, states=(state,)) if t.value is not None]
+        ax.plot([t.number for t in trials], [t.value for t in trials], marker, label=state.name.lower())
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    best = np.minimum.accumulate if minimize else np.maximum.accumulate
+    if complete:
+        ax.step([t.number for t in complete], best([t.value for t in complete]), where="post", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(metric)
+    ax.set_title("optimisation history")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    figure.savefig(path, dpi=120)
+
+
+def plot_importances(path: Path, importances: dict, metric: str) -> None:
+    """A horizontal bar per parameter, the most important on top."""
+    names = list(importances)[::-1]
+    figure = Figure(figsize=(6, 1 + 0.5 * len(names)), layout="constrained")
+    ax = figure.subplots()
+    ax.barh(names, [importances[name] for name in names])
+    ax.set_xlabel(f"importance for {metric}")
+    ax.set_title("parameter importance")
     figure.savefig(path, dpi=120)

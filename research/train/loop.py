@@ -76,24 +76,39 @@ def run_evaluators(evaluators, params, step: int, writer: MetricsWriter, final: 
     return results
 
 
+def process_zero_says(flag: bool) -> bool:
+    """Process 0's `flag` on every process, so that all of them take the same branch."""
+    return bool(multihost_utils.broadcast_one_to_all(np.array(flag))) if jax.process_count() > 1 else flag
+
+
 def due_by_time(minutes: float, last_save: float) -> bool:
     """Whether `minutes` have passed since the last save (0: never), the same answer on every process."""
-    due = bool(minutes) and time.monotonic() - last_save >= 60 * minutes
-    return bool(multihost_utils.broadcast_one_to_all(np.array(due))) if jax.process_count() > 1 else due
+    return process_zero_says(bool(minutes) and time.monotonic() - last_save >= 60 * minutes)
 
 
-def train(config, workdir: str, *, devices=None) -> dict:
+class StoppedEarly(Exception):
+    """`on_evaluation` asked the run to stop (e.g. a sweep's pruner); its checkpoint at `step` is kept."""
+
+    def __init__(self, step: int, workdir):
+        super().__init__(f"stopped early at step {step} by the evaluation hook; checkpoint saved in {workdir}")
+        self.step = step
+
+
+def train(config, workdir: str, *, devices=None, on_evaluation=None) -> dict:
     """Runs (or resumes) the experiment `config` in `workdir` on `devices` (default: all); returns
-    the final results. Raises Preempted after SIGTERM or SIGINT (its checkpoint resumes the run),
-    WorkdirLocked when another run holds `workdir`, ValueError for a workdir this config cannot continue."""
+    the final results. `on_evaluation(step, results) -> bool`, if given, sees the results of every
+    evaluation before the last (`<name>_<metric>`) and stops the run by returning True: a checkpoint
+    is saved and StoppedEarly raised. Raises Preempted after SIGTERM or SIGINT (its checkpoint resumes
+    the run), WorkdirLocked when another run holds `workdir`, ValueError for a workdir this config
+    cannot continue."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     lock = WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
     with lock, PreemptionWatch() as preemption:
-        return run_in(workdir, config, devices, preemption)
+        return run_in(workdir, config, devices, preemption, on_evaluation)
 
 
-def run_in(workdir: Path, config, devices, preemption: PreemptionWatch) -> dict:
+def run_in(workdir: Path, config, devices, preemption: PreemptionWatch, on_evaluation=None) -> dict:
     """`train` once the workdir is this process's."""
     train_cfg = config.train
     mesh = make_mesh(config.mesh, devices)
@@ -173,14 +188,19 @@ def run_in(workdir: Path, config, devices, preemption: PreemptionWatch) -> dict:
             evaluate = step < train_cfg.steps and any(e.is_due(step) for e in evaluators.values())
             save_now = ((train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0)
                         or (log_step and due_by_time(train_cfg.get("checkpoint_every_minutes", 0), last_save_time)))
+            stop_early = False
             if evaluate or save_now:
                 jax.block_until_ready(state)  # the steps before are training time, not this work's
                 other_work_started = time.perf_counter()
                 if evaluate:
-                    run_evaluators(evaluators, state.params, step, writer)
-                if save_now:
+                    evaluated = run_evaluators(evaluators, state.params, step, writer)
+                    stop_early = process_zero_says(bool(on_evaluation and evaluated and on_evaluation(step, evaluated)))
+                if save_now or (stop_early and last_saved != step):
                     save()
                 throughput.exclude(time.perf_counter() - other_work_started)
+            if stop_early:
+                checkpointer.wait()
+                raise StoppedEarly(step, workdir)
             if step < train_cfg.steps and preemption.stop_requested(step):
                 if last_saved != step:
                     save()
