@@ -56,6 +56,11 @@ def first_mismatch(saved: dict[str, tuple], expected: dict[str, tuple]) -> str |
     return None
 
 
+def checkpoint_paths(state, source_state) -> dict[str, tuple]:
+    """`tree_paths` of what a checkpoint holds: the train state's, then the batch source's under `batches/`."""
+    return {**tree_paths(state), **tree_paths({BATCHES: source_state})}
+
+
 class CheckpointMismatch(ValueError):
     """A readable checkpoint whose arrays do not fit the config (as opposed to a corrupt one)."""
 
@@ -147,10 +152,7 @@ class Checkpointer:
         metadata = self.manager.item_metadata(step)
         if metadata.get(STATE) is None or not tree_paths(metadata[STATE]):
             raise OSError(f"no readable metadata in {self.directory / str(step) / STATE}")
-        arrays = tree_paths(metadata[STATE])
-        if metadata.get(BATCHES) is not None:
-            arrays.update({f"{BATCHES}/{name}": leaf for name, leaf in tree_paths(metadata[BATCHES]).items()})
-        return arrays
+        return checkpoint_paths(metadata[STATE], metadata.get(BATCHES) or {})
 
     def check_compatible(self, step: int, saved: dict[str, tuple], expected: dict[str, tuple]) -> None:
         """Raises ValueError naming the first array that differs from what the config makes."""
@@ -163,9 +165,7 @@ class Checkpointer:
     def restore(self, step: int, abstract_state, abstract_source):
         """`(state, source_state, host_state)` of the checkpoint at `step`, read straight into the
         shardings the abstract trees carry; CheckpointMismatch naming the first array that does not fit."""
-        expected = tree_paths(abstract_state)
-        expected.update({f"{BATCHES}/{name}": leaf for name, leaf in tree_paths(abstract_source).items()})
-        self.check_compatible(step, self.saved_arrays(step), expected)
+        self.check_compatible(step, self.saved_arrays(step), checkpoint_paths(abstract_state, abstract_source))
         items = {STATE: restore_args(abstract_state)}
         if has_arrays(abstract_source):
             items[BATCHES] = restore_args(abstract_source)
@@ -197,7 +197,7 @@ class Checkpointer:
     def restore_params(self, step: int, abstract_params):
         """The parameters of the checkpoint at `step`, read straight into the shardings that
         `abstract_params` carry; nothing else is read."""
-        expected = {f"params/{name}": leaf for name, leaf in tree_paths(abstract_params).items()}
+        expected = tree_paths({"params": abstract_params})
         saved = {name: leaf for name, leaf in self.saved_arrays(step).items() if name.startswith("params/")}
         self.check_compatible(step, saved, expected)
         restored = self.manager.restore(step, args=ocp.args.Composite(

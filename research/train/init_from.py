@@ -43,8 +43,7 @@ class Start:
 def hf_params(path: str, abstract_params):
     """The parameters of a Hugging Face LLaMA directory, checked against and placed as `abstract_params`."""
     _, params = load_hf_llama(path)
-    problem = first_mismatch({f"params/{k}": v for k, v in tree_paths(params).items()},
-                             {f"params/{k}": v for k, v in tree_paths(abstract_params).items()})
+    problem = first_mismatch(tree_paths({"params": params}), tree_paths({"params": abstract_params}))
     if problem:
         raise ValueError(f"config field init_from.path: the Hugging Face checkpoint {path} does not fit "
                          f"config.model: {problem.replace('checkpoint', 'Hugging Face checkpoint')}")

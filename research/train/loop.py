@@ -153,7 +153,10 @@ def run_in(workdir: Path, config, devices, preemption: PreemptionWatch, on_evalu
     first_step, last_metrics, last_saved = step, last_logged(workdir, step), step
 
     def save():
+        """Checkpoints the state after `step` (once: nothing if it is saved already)."""
         nonlocal last_saved, last_save_time
+        if last_saved == step:
+            return
         pending.fetch(last_saved, checkpointer.directory)
         try:
             checkpointer.save(step, state, source_state, source.host_state())
@@ -178,13 +181,11 @@ def run_in(workdir: Path, config, devices, preemption: PreemptionWatch, on_evalu
             log_step = step % train_cfg.log_every == 0 or step == train_cfg.steps
             if log_step:
                 pending.fetch(last_saved, checkpointer.directory)
-                if pending.fetched:
-                    newest, tokens, steps = pending.take()
-                    last_metrics = {**newest, **throughput.read(tokens, steps)}
-                    writer.write(step, last_metrics)
-                    bar.set_postfix(loss=f"{float(newest['loss']):.3f}",
-                                    tok_s=f"{last_metrics.get('tokens_per_s', 0):.0f}",
-                                    mfu=f"{last_metrics.get('mfu', 0):.1%}")
+                newest, tokens, steps = pending.take()
+                last_metrics = {**newest, **throughput.read(tokens, steps)}
+                writer.write(step, last_metrics)
+                bar.set_postfix(loss=f"{float(newest['loss']):.3f}", tok_s=f"{last_metrics.get('tokens_per_s', 0):.0f}",
+                                mfu=f"{last_metrics.get('mfu', 0):.1%}")
             evaluate = step < train_cfg.steps and any(e.is_due(step) for e in evaluators.values())
             save_now = ((train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0)
                         or (log_step and due_by_time(train_cfg.get("checkpoint_every_minutes", 0), last_save_time)))
@@ -195,19 +196,17 @@ def run_in(workdir: Path, config, devices, preemption: PreemptionWatch, on_evalu
                 if evaluate:
                     evaluated = run_evaluators(evaluators, state.params, step, writer)
                     stop_early = process_zero_says(bool(on_evaluation and evaluated and on_evaluation(step, evaluated)))
-                if save_now or (stop_early and last_saved != step):
+                if save_now or stop_early:
                     save()
                 throughput.exclude(time.perf_counter() - other_work_started)
             if stop_early:
                 checkpointer.wait()
                 raise StoppedEarly(step, workdir)
             if step < train_cfg.steps and preemption.stop_requested(step):
-                if last_saved != step:
-                    save()
+                save()
                 checkpointer.wait()
                 raise Preempted(step, workdir)
-        if last_saved != step:
-            save()
+        save()
         final = run_evaluators(evaluators, state.params, step, writer, final=True)
     finally:
         profiler.close()
