@@ -76,8 +76,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      temperature=0.8, top_k=40),
     ))
     # Where the first state comes from (research/train/init_from.py): kind "none" (random), "run"
-    # (path: an earlier run's workdir; parts "params" or "all") or "hf_llama" (path: a Hugging Face directory).
-    config.init_from = ml_collections.ConfigDict(dict(kind="none", path="", parts="params"))
+    # (path: an earlier run's workdir; parts "params" or "all") or "hf_llama" (path: a Hugging Face directory);
+    # `into` a '/'-path of the parameter tree to load into ("" = all of it).
+    config.init_from = ml_collections.ConfigDict(dict(kind="none", path="", parts="params", into=""))
     config.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=3e-3 if tiny else 3e-4, b1=0.9, b2=0.95, eps=1e-5,
         weight_decay=0.1, decay_mask="matrices", grad_clip_norm=1.0,

@@ -101,6 +101,21 @@ def validate_init_from(init_from) -> None:
             "set it (a run's workdir or a Hugging Face directory) exactly when init_from.kind is not 'none'")
     require(init_from.kind == "run" or init_from.parts == "params", "init_from.parts",
             "'all' (optimizer state, step and data position too) needs init_from.kind 'run'")
+    extra = init_from.get("extra", {})
+    require(init_from.parts == "params" or not (init_from.get("into", "") or extra), "init_from.parts",
+            "'all' continues a whole run: it takes neither init_from.into nor init_from.extra")
+    places = {"init_from.into": init_from.get("into", "")} if init_from.kind != "none" else {}
+    for name, source in extra.items():
+        field = f"init_from.extra.{name}"
+        require(source.get("kind") in INIT_FROM_KINDS[1:], f"{field}.kind",
+                f"{source.get('kind')!r} is not one of {INIT_FROM_KINDS[1:]}")
+        require(bool(source.get("path")), f"{field}.path", "set it (a run's workdir or a Hugging Face directory)")
+        places[f"{field}.into"] = source.get("into", "")
+    for field, into in places.items():
+        for other, other_into in places.items():
+            nested = not into or (other_into + "/").startswith(into.rstrip("/") + "/")
+            require(field == other or not nested, field,
+                    f"{into!r} overlaps {other} {other_into!r}: each source fills its own part of the parameters")
 
 
 def validate_evals(evals) -> None:

@@ -28,7 +28,8 @@ class Task:
 
     init_state(rng, params=None) -> TrainState whose params carry flax logical-axis boxes (for
         sharding); `params`, when given (config.init_from), are the (sharded) parameters to start
-        from instead of fresh ones. Called inside jit.
+        from: the whole tree, or a partial one holding only the subtrees loaded at their `into`
+        paths, the rest of which `init_state` initialises itself. Called inside jit.
     train_step(state, batch, rng) -> (state, metrics); metrics hold "loss" and, when
         `tokens_per_step` is None, "tokens" (the step's token count, for tokens/s and MFU).
     batch_spec: the global batch as a pytree (nested dicts allowed) of `jax.ShapeDtypeStruct`s

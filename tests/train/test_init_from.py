@@ -3,15 +3,18 @@
 import shutil
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from research import config as config_lib
+from research.config_checks import validate_init_from
 from research.models import make_model
 from research.models.convert import save_hf_llama
 from research.parallel.mesh import make_mesh
 from research.train.loop import train
 from research.train.metrics import read_metrics
+from research.train.init_from import merged, nested, subtree
 from research.train.step import step_layout
 from research.train.task import build_task
 from research.train.trainers.lm import loss_sums
@@ -87,7 +90,34 @@ def test_starting_from_all_of_a_run_continues_it_in_a_new_workdir(tiny_config, s
     ({"init_from__kind": "wandb"}, "init_from.kind: 'wandb' is not one of"),
     ({"init_from__kind": "run"}, "init_from.path: set it"),
     ({"init_from__kind": "hf_llama", "init_from__path": "/x", "init_from__parts": "all"}, "needs init_from.kind 'run'"),
+    ({"init_from__kind": "run", "init_from__path": "/x", "init_from__parts": "all", "init_from__into": "layers"},
+     "'all' continues a whole run: it takes neither"),
 ])
 def test_bad_init_from_fields_are_named(tiny_config, overrides, message):
     with pytest.raises(ValueError, match=message):
         tiny_config(**overrides)
+
+
+def test_sources_fill_their_own_subtrees_of_the_parameters():
+    tree = {"policy": {"w": 1, "b": 2}, "value": {"backbone": {"w": 3}, "head": 4}}
+    assert subtree(tree, "value/backbone", "init_from.into") == {"w": 3}
+    assert subtree(tree, "", "init_from.into") is tree
+    with pytest.raises(ValueError, match=r"init_from.into: 'value/trunk' is not a subtree .*'trunk' is not among "
+                                         r"\['backbone', 'head'\]"):
+        subtree(tree, "value/trunk", "init_from.into")
+    parts = [nested("policy", {"w": 5}), nested("value/backbone", {"w": 6})]
+    assert merged(parts) == {"policy": {"w": 5}, "value": {"backbone": {"w": 6}}}
+
+
+def init_from_with_extra(into: str, **extra) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(kind="run", path="/sft", parts="params", into=into, extra=extra))
+
+
+def test_extra_sources_are_checked():
+    validate_init_from(init_from_with_extra("policy", value=dict(kind="run", path="/rm", into="value")))
+    with pytest.raises(ValueError, match=r"init_from.into: 'policy' overlaps init_from.extra.ref.into 'policy/layers'"):
+        validate_init_from(init_from_with_extra("policy", ref=dict(kind="run", path="/x", into="policy/layers")))
+    with pytest.raises(ValueError, match=r"init_from.extra.ref.kind: 'none' is not one of \('run', 'hf_llama'\)"):
+        validate_init_from(init_from_with_extra("policy", ref=dict(kind="none", path="/x", into="ref")))
+    with pytest.raises(ValueError, match=r"init_from.extra.ref.path: set it"):
+        validate_init_from(init_from_with_extra("policy", ref=dict(kind="run", path="", into="ref")))
