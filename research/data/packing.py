@@ -56,14 +56,16 @@ class Chunks:
 
 def lm_row_fields(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Grain's packed {"inputs", "targets", "inputs_segment_ids", "inputs_positions",
-    ...} as the LM fields (see the module docstring)."""
+    ...} as the LM fields (see the module docstring); chunks that carry their own
+    `weights` (e.g. loss on answers only) keep them."""
     segment_ids = packed["inputs_segment_ids"]
+    on_chunk = (segment_ids > 0).astype(np.float32)
     return {
         "inputs": packed["inputs"],
         "targets": packed["targets"],
         "segment_ids": segment_ids,
         "positions": packed["inputs_positions"],
-        "weights": (segment_ids > 0).astype(np.float32),
+        "weights": on_chunk * packed["weights"] if "weights" in packed else on_chunk,
     }
 
 
@@ -74,12 +76,13 @@ def padding_row(seq_len: int) -> dict[str, np.ndarray]:
     return row
 
 
-def pack_rows(chunks: grain.IterDataset, seq_len: int, num_bins: int) -> grain.IterDataset:
-    """Packs a stream of chunks first-fit into `num_bins` open rows at a time
-    (grain's `FirstFitPackIterDataset`; a chunk that fits none flushes all open rows,
-    in order) and returns the rows' LM fields."""
+def pack_rows(chunks: grain.IterDataset, seq_len: int, num_bins: int,
+              fields: tuple[str, ...] = ("inputs", "targets")) -> grain.IterDataset:
+    """Packs a stream of chunks (each with `fields`) first-fit into `num_bins` open rows
+    at a time (grain's `FirstFitPackIterDataset`; a chunk that fits none flushes all open
+    rows, in order) and returns the rows' LM fields."""
     packed = grain.experimental.FirstFitPackIterDataset(
-        chunks, length_struct={"inputs": seq_len, "targets": seq_len},
+        chunks, length_struct={field: seq_len for field in fields},
         num_packing_bins=num_bins, shuffle_bins=False,
     )
     return packed.map(lm_row_fields)

@@ -143,11 +143,29 @@ def sample_texts(model, tokenizer, prompts, *, max_new_tokens: int, temperature:
     return run
 
 
+def corpus_batches(config, tokenizer, *, split: str, num_epochs: int | None, seed: int):
+    """This process's packed rows of the text corpus `config.data` names."""
+    return make_lm_batches(
+        config.data, tokenizer, split=split, batch_size=config.train.batch_size // jax.process_count(),
+        seq_len=config.train.seq_len, seed=seed, process_index=jax.process_index(),
+        process_count=jax.process_count(), num_epochs=num_epochs)
+
+
 def build(config, mesh) -> Task:
     """Model, optimizer, data and steps of LM training for `config`."""
-    for name, evaluator in config.evals.items():
-        if evaluator.kind not in EVAL_KINDS:
-            raise ValueError(f"config field evals.{name}.kind: {evaluator.kind!r} is not one of {EVAL_KINDS}")
+    return build_lm_task(config, mesh, corpus_batches)
+
+
+def build_lm_task(config, mesh, rows, more_evaluators=None) -> Task:
+    """Next-token training of `config.model` on the rows `rows(config, tokenizer, *, split, num_epochs,
+    seed)` iterates ("train" and "validation" splits; the LM fields of research/data/packing.py, whose
+    `weights` choose the trained tokens). `more_evaluators` maps further evaluator kinds to
+    `make(evaluator_config, model, tokenizer) -> Evaluator`."""
+    more_evaluators = more_evaluators or {}
+    kinds = EVAL_KINDS + tuple(more_evaluators)
+    for name, evaluator_config in config.evals.items():
+        if evaluator_config.kind not in kinds:
+            raise ValueError(f"config field evals.{name}.kind: {evaluator_config.kind!r} is not one of {kinds}")
     # Inside the data-parallel shard_map of a hand-rolled gradient reduction the model sees its own
     # rows only (that mesh is data-parallel alone), so it gets no mesh to pin activations to.
     model = make_model(config.model, mesh if config.parallel.grad_reduce == "auto" else None)
@@ -176,18 +194,18 @@ def build(config, mesh) -> Task:
         return {"loss": loss, "perplexity": float(np.exp(loss)), **moe}
 
     def batches(split, num_epochs, seed):
-        return make_lm_batches(
-            config.data, tokenizer(), split=split, batch_size=train_cfg.batch_size // jax.process_count(),
-            seq_len=train_cfg.seq_len, seed=seed, process_index=jax.process_index(),
-            process_count=jax.process_count(), num_epochs=num_epochs)
+        return rows(config, tokenizer(), split=split, num_epochs=num_epochs, seed=seed)
 
     def evaluator(evaluator_config, shardings) -> Evaluator:
         if evaluator_config.kind == "loss":
             return summed_evaluator(evaluator_config.every, eval_step, lambda: batches("validation", 1, 0),
                                     evaluator_config.batches, shardings, summarize_eval)
-        return Evaluator(evaluator_config.every, sample_texts(
-            model, tokenizer(), evaluator_config.prompts, max_new_tokens=evaluator_config.max_new_tokens,
-            temperature=evaluator_config.temperature, top_k=evaluator_config.top_k, rng=jax.random.key(config.seed)))
+        if evaluator_config.kind == "samples":
+            return Evaluator(evaluator_config.every, sample_texts(
+                model, tokenizer(), evaluator_config.prompts, max_new_tokens=evaluator_config.max_new_tokens,
+                temperature=evaluator_config.temperature, top_k=evaluator_config.top_k,
+                rng=jax.random.key(config.seed)))
+        return more_evaluators[evaluator_config.kind](evaluator_config, model, tokenizer())
 
     matmul_params = count_params(config.model)["active"] - config.model.vocab_size * config.model.dim
     return Task(
