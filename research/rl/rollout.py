@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from research.decoding.sampling import generate_padded
+from research.rl.log_probs import token_log_probs
 
 
 @flax.struct.dataclass
@@ -52,13 +53,12 @@ def response_mask_of(tokens, prompt_lengths, max_new_tokens: int, stop_ids: tupl
     return generated & (stops_before == 0), ~jnp.any(stops, axis=1)
 
 
-def token_log_probs(model, params, tokens, *, temperature: float = 1.0):
+def policy_log_probs(model, params, tokens, *, temperature: float = 1.0):
     """log softmax(logits[t − 1] / T)[x_t] for t ≥ 1 (0 at t = 0): `[B, T]` float32, one forward pass."""
     logits = model.apply({"params": params}, tokens[:, :-1]).astype(jnp.float32)
     if temperature > 0:
         logits = logits / temperature
-    picked = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tokens[:, 1:, None], axis=-1)[..., 0]
-    return jnp.pad(picked, ((0, 0), (1, 0)))
+    return jnp.pad(token_log_probs(logits, tokens[:, 1:]), ((0, 0), (1, 0)))
 
 
 def rollout(model, params, prompts, prompt_lengths, rng, *, max_new_tokens: int, temperature: float = 1.0,
@@ -72,7 +72,7 @@ def rollout(model, params, prompts, prompt_lengths, rng, *, max_new_tokens: int,
     mask, truncated = response_mask_of(tokens, prompt_lengths, max_new_tokens, stop_ids)
 
     def log_probs_under(weights):
-        return jnp.where(mask, token_log_probs(model, weights, tokens, temperature=temperature), 0.0)
+        return jnp.where(mask, policy_log_probs(model, weights, tokens, temperature=temperature), 0.0)
 
     reference = None if reference_params is None else log_probs_under(jax.lax.stop_gradient(reference_params))
     return Rollout(tokens=tokens, response_mask=mask, log_probs=log_probs_under(params), ref_log_probs=reference,
