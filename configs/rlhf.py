@@ -36,6 +36,13 @@ def sft_data() -> ml_collections.ConfigDict:
     ))
 
 
+def tasks_eval(split: str, every: int = 0) -> dict:
+    """Greedy accuracy on 32 arithmetic problems of `split`, drawn apart from training's (seed 1)
+    (research/train/tasks_evaluator.py)."""
+    return dict(kind="tasks", suites=("arithmetic",), split=split, count=32, seed=1, samples=1, temperature=0.0,
+                max_new_tokens=128, every=every)
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = parse_arg(arg, variant="tiny_sft")
     if args.variant not in VARIANTS:
@@ -46,7 +53,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.steps = 300
     config.train.seq_len = 512  # a worked solution with its prompt is up to ~400 tokens
     config.train.eval_every = 100
-    config.evals.samples.prompts = ()
+    config.evals = ml_collections.ConfigDict(dict(
+        eval=config.evals.eval.to_dict(), in_domain=tasks_eval("train"), held_out=tasks_eval("held_out")))
     config.optimizer.learning_rate = 1e-3
     config.optimizer.warmup_steps = 20
     return config
