@@ -18,7 +18,12 @@ from jax.sharding import PartitionSpec
 
 from research.models.family import ModelFamily
 
-FAMILIES = {"llama": "research.models.llama"}  # family name -> the module that defines its FAMILY
+FAMILIES = {  # family name -> the module that defines its FAMILY
+    "llama": "research.models.llama",
+    "chameleon": "research.models.chameleon",
+    "vq_image_tokenizer": "research.models.vq_image_tokenizer",
+    "medusa": "research.models.medusa",
+}
 DEFAULT_FAMILY = "llama"
 
 

@@ -43,6 +43,28 @@ class RMSNorm(nn.Module):
         return (normed * scale).astype(self.dtype)
 
 
+class HeadLayerNorm(nn.Module):
+    """QK-Norm (Chameleon): LayerNorm over head_dim with its own gain and bias per head and feature.
+
+    y[..., h, i] = (x[..., h, i] − μ) / sqrt(σ² + eps) · g[h, i] + b[h, i], with μ, σ² the mean and
+    variance of x[..., h, :] (statistics over head_dim only), in float32; x `[b, s, heads, hd]`.
+    `head_axis` is the heads' logical axis name ("heads" for queries, "kv_heads" for keys).
+    """
+
+    head_axis: str
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x):
+        shape, axes = x.shape[-2:], (self.head_axis, "head_dim")
+        scale = param_with_axes(self, "scale", nn.initializers.ones, shape, axes)
+        bias = param_with_axes(self, "bias", nn.initializers.zeros, shape, axes)
+        x32 = x.astype(jnp.float32)
+        centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+        normed = centred * jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + self.eps)
+        return (normed * scale + bias).astype(x.dtype)
+
+
 def rope_frequencies(head_dim: int, positions, theta: float):
     """Angles φ[p, i] = p · θ^(−2i/d) for i < d/2, in float32, shape positions.shape + (d/2,)."""
     inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
@@ -135,8 +157,13 @@ class Attention(nn.Module):
     q = x·W_q, k = x·W_k, v = x·W_v with RoPE on q and k; out = attention(q, k, v)·W_o.
     With `cache = (k_cache, v_cache)` of shape `[b, max_len, kv_h, d]` the new keys and values
     are written at `positions` (consecutive in each row) and the queries attend to cache entries
-    at positions ≤ their own (`cached_attention`). With a `mesh`, activations are pinned to it and
-    the Pallas kernels run per device ("pallas"), or as a ring over its `context` axis ("ring").
+    at positions ≤ their own (`cached_attention`). A `tree_mask [b, t, t]` (decoding only) makes
+    the t new tokens a tree instead (`tree_attention_mask`): they are written to the t slots from
+    `positions[:, 0]` on (the root, at depth 0, first), their positions are the cache length plus
+    their depth, and each sees the cache before them and its own ancestors. With a `mesh`,
+    activations are pinned to it and the Pallas kernels run per device ("pallas"), or as a ring
+    over its `context` axis ("ring"). With `qk_norm` (Chameleon's QK-Norm) q and k pass through
+    a `HeadLayerNorm` each (`q_norm`, `k_norm`) before RoPE.
     """
 
     num_heads: int
@@ -146,9 +173,10 @@ class Attention(nn.Module):
     attention_impl: str = "xla"
     dtype: Dtype = jnp.float32
     mesh: Any = None
+    qk_norm: bool = False
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids=None, cache=None):
+    def __call__(self, x, positions, segment_ids=None, cache=None, tree_mask=None):
         dim = x.shape[-1]
         init = nn.initializers.normal(stddev=dim**-0.5)
         w_q = param_with_axes(self, "q", init, (dim, self.num_heads, self.head_dim), ("embed", "heads", "head_dim"))
@@ -161,6 +189,8 @@ class Attention(nn.Module):
         q = jnp.einsum("bsd,dhk->bshk", x, w_q.astype(self.dtype))
         k = jnp.einsum("bsd,dhk->bshk", x, w_k.astype(self.dtype))
         v = jnp.einsum("bsd,dhk->bshk", x, w_v.astype(self.dtype))
+        if self.qk_norm:
+            q, k = HeadLayerNorm("heads", name="q_norm")(q), HeadLayerNorm("kv_heads", name="k_norm")(k)
         q = constrain(apply_rope(q, positions, self.rope_theta), ("batch", "seq", "heads", None), self.mesh)
         k = constrain(apply_rope(k, positions, self.rope_theta), ("batch", "seq", "kv_heads", None), self.mesh)
         v = constrain(v, ("batch", "seq", "kv_heads", None), self.mesh)
@@ -172,7 +202,7 @@ class Attention(nn.Module):
             k_cache = write_cache(cache[0], k, positions[:, 0])
             v_cache = write_cache(cache[1], v, positions[:, 0])
             out = cached_attention(q, k_cache.astype(self.dtype), v_cache.astype(self.dtype), positions,
-                                   impl=self.attention_impl, mesh=self.mesh)
+                                   impl=self.attention_impl, mesh=self.mesh, tree_mask=tree_mask)
             new_cache = (k_cache, v_cache)
         out = jnp.einsum("bshk,hkd->bsd", out, w_o.astype(self.dtype))
         return out, new_cache
@@ -255,12 +285,13 @@ def uses_ring_attention(impl: str, mesh) -> bool:
     return impl == "ring" and context_parallel_size(mesh) > 1
 
 
-def cached_attention(q, k_cache, v_cache, q_positions, *, impl="xla", mesh=None):
+def cached_attention(q, k_cache, v_cache, q_positions, *, impl="xla", mesh=None, tree_mask=None):
     """Attention of the newest t tokens over a KV cache that already holds their keys, by `impl`.
 
     q `[b, t, h, d]` at consecutive positions `q_positions [b, t]`; k/v_cache `[b, S, kv_h, d]`;
-    cache entry j is visible to the query at position p when j ≤ p.
-      "xla", "cudnn": masked attention over the whole cache.
+    cache entry j is visible to the query at position p when j ≤ p. With `tree_mask [b, t, t]`
+    the new tokens are a tree written from slot q_positions[:, 0] on (`tree_attention_mask`).
+      "xla", "cudnn": masked attention over the whole cache (trees too).
       "pallas", "ring": t ≤ DECODE_MAX_QUERIES (decode steps): the flash-decoding kernel
                 (pallas_kernels/decode_attention.py) with lengths = last position + 1; it needs
                 S ≤ DECODE_BLOCK_K or a multiple of it (`kv_cache_length`).
@@ -271,11 +302,17 @@ def cached_attention(q, k_cache, v_cache, q_positions, *, impl="xla", mesh=None)
     """
     _check_impl(impl, q.dtype)
     kv_positions = jnp.broadcast_to(jnp.arange(k_cache.shape[1]), k_cache.shape[:2])
-    if impl == "cudnn":
-        mask = attention_mask(q_positions, kv_positions)[:, None]
-        return jax.nn.dot_product_attention(q, k_cache, v_cache, mask=mask, implementation="cudnn")
-    if impl == "xla":
-        return dot_product_attention(q, k_cache, v_cache, attention_mask(q_positions, kv_positions))
+    if impl in ("xla", "cudnn"):
+        if tree_mask is None:
+            mask = attention_mask(q_positions, kv_positions)
+        else:
+            mask = tree_attention_mask(q_positions[:, 0], tree_mask, k_cache.shape[1])
+        if impl == "cudnn":
+            return jax.nn.dot_product_attention(q, k_cache, v_cache, mask=mask[:, None], implementation="cudnn")
+        return dot_product_attention(q, k_cache, v_cache, mask)
+    if tree_mask is not None:
+        raise ValueError(f"attention_impl={impl!r} has no tree attention (tree_mask); decode trees with "
+                         "attention_impl 'xla' or 'cudnn'")
     num_queries, cache_len = q.shape[1], k_cache.shape[1]
     if num_queries <= DECODE_MAX_QUERIES:
         if cache_len > DECODE_BLOCK_K and cache_len % DECODE_BLOCK_K:
@@ -293,6 +330,21 @@ def cached_attention(q, k_cache, v_cache, q_positions, *, impl="xla", mesh=None)
         return dot_product_attention(q, k_cache, v_cache, attention_mask(q_positions, kv_positions))
 
     return jax.lax.cond(jnp.all(q_positions[:, 0] == 0), prefill, later_chunk)
+
+
+def tree_attention_mask(tree_start, tree_mask, cache_len: int):
+    """Boolean mask `[b, t, S]` of t tree tokens written to cache slots start_b, ..., start_b + t − 1.
+
+    Query i sees slot j when j < start_b (the row's cache before the tree) or when j = start_b + n
+    for a tree node n with tree_mask[b, i, n] (its ancestors and itself); later slots are never
+    visible. `tree_start [b]`, `tree_mask [b, t, t]`.
+    """
+    num_nodes = tree_mask.shape[-1]
+    offset = jnp.arange(cache_len)[None, :] - tree_start[:, None]  # [b, S]: the slot's tree node, if any
+    in_tree = (offset >= 0) & (offset < num_nodes)
+    node = jnp.broadcast_to(jnp.clip(offset, 0, num_nodes - 1)[:, None, :], (*tree_mask.shape[:2], cache_len))
+    sees_node = jnp.take_along_axis(tree_mask, node, axis=2)
+    return (offset < 0)[:, None, :] | (in_tree[:, None, :] & sees_node)
 
 
 def kv_cache_length(num_positions: int, impl: str) -> int:

@@ -19,7 +19,8 @@ with depth. Without it the blocks are unrolled (`layers_0`, `layers_1`, ...), wh
 decoding prefers: no per-step slicing of stacked weights (`unstack_layers` converts;
 `generate` does so itself). For decoding, the KV cache is
 an explicit pytree `{"k", "v": [layers, batch, max_len, kv_heads, head_dim], "lengths": [batch]}`
-made by `init_cache`; `lengths[b]` counts the valid entries of row b.
+made by `init_cache`; `lengths[b]` counts the valid entries of row b. A tree of candidate
+tokens (Medusa, research/decoding/medusa.py) is verified in one pass with a `tree_mask`.
 """
 
 from typing import Any
@@ -59,27 +60,37 @@ def is_moe_layer(config, layer: int) -> bool:
 
 
 class Block(nn.Module):
-    """One pre-norm decoder layer; `scan`-compatible signature (carry, per-layer cache)."""
+    """One decoder layer; `scan`-compatible signature (carry, per-layer cache).
+
+    Pre-norm (LLaMA):                 h = x + D(Attention(RMSNorm(x)));  out = h + D(FFN(RMSNorm(h)))
+    `config.swin_norm` (Chameleon):   h = x + D(RMSNorm(Attention(x)));  out = h + D(RMSNorm(FFN(h)))
+    D is dropout at rate `config.dropout` (absent: 0), active only when the caller passes
+    `rngs={"dropout": key}`; `config.qk_norm` adds Chameleon's QK-Norm to the attention.
+    """
 
     config: Any
     moe_layer: bool = False
     mesh: Any = None
 
     @nn.compact
-    def __call__(self, x, layer_cache, positions, segment_ids):
+    def __call__(self, x, layer_cache, positions, segment_ids, tree_mask=None):
         c = self.config
         dtype = jnp.dtype(c.dtype)
+        swin_norm, rate = c.get("swin_norm", False), c.get("dropout", 0.0)
+        attention_norm = RMSNorm(c.norm_eps, dtype, name="attention_norm")
+        ffn_norm = RMSNorm(c.norm_eps, dtype, name="ffn_norm")
+        dropout = nn.Dropout(rate, deterministic=rate == 0.0 or not self.has_rng("dropout"))
         attn_out, new_cache = Attention(
             num_heads=c.num_heads, num_kv_heads=c.num_kv_heads, head_dim=c.dim // c.num_heads,
             rope_theta=c.rope_theta, attention_impl=c.attention_impl, dtype=dtype, mesh=self.mesh,
-            name="attention",
-        )(RMSNorm(c.norm_eps, dtype, name="attention_norm")(x), positions, segment_ids, layer_cache)
-        h = x + attn_out
+            qk_norm=c.get("qk_norm", False), name="attention",
+        )(x if swin_norm else attention_norm(x), positions, segment_ids, layer_cache, tree_mask)
+        h = x + dropout(attention_norm(attn_out) if swin_norm else attn_out)
         if self.moe_layer:
             ffn = MoeFeedForward(c.moe, dtype, self.mesh, name="moe")
         else:
             ffn = SwiGLU(hidden_dim_of(c), dtype, self.mesh, name="ffn")
-        out = h + ffn(RMSNorm(c.norm_eps, dtype, name="ffn_norm")(h))
+        out = h + dropout(ffn_norm(ffn(h)) if swin_norm else ffn(ffn_norm(h)))
         return constrain(out.astype(x.dtype), ACTIVATION_AXES, self.mesh), new_cache
 
 
@@ -91,13 +102,13 @@ class BlockGroup(nn.Module):
     mesh: Any = None
 
     @nn.compact
-    def __call__(self, x, layer_cache, positions, segment_ids):
+    def __call__(self, x, layer_cache, positions, segment_ids, tree_mask=None):
         every = moe_every(self.config)
         new_caches = []
         for j in range(every):
             cache_j = None if layer_cache is None else (layer_cache[0][j], layer_cache[1][j])
             x, new_cache = Block(self.config, j == every - 1, self.mesh, name=f"block_{j}")(
-                x, cache_j, positions, segment_ids)
+                x, cache_j, positions, segment_ids, tree_mask)
             new_caches.append(new_cache)
         return x, None if layer_cache is None else stacked_caches(new_caches)
 
@@ -122,8 +133,8 @@ def scanned_blocks(config, mesh, name: str):
     return nn.scan(
         unit,
         variable_axes={"params": 0, MOE_COLLECTION: 0},
-        split_rngs={"params": True, "jitter": True},
-        in_axes=(0, nn.broadcast, nn.broadcast),
+        split_rngs={"params": True, "jitter": True, "dropout": True},
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
         length=length,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(*args, name=name)
@@ -137,14 +148,14 @@ def scanned_cache(config, layer_cache):
     return tuple(c.reshape(c.shape[0] // every, every, *c.shape[1:]) for c in layer_cache)
 
 
-def unrolled_blocks(config, mesh, x, layer_cache, positions, segment_ids):
+def unrolled_blocks(config, mesh, x, layer_cache, positions, segment_ids, tree_mask=None):
     """The blocks one after another as `layers_<i>`; the per-layer caches restacked."""
     block = nn.remat(Block, policy=REMAT_POLICIES[config.remat], prevent_cse=True) if config.remat != "none" else Block
     new_caches = []
     for i in range(config.num_layers):
         cache_i = None if layer_cache is None else (layer_cache[0][i], layer_cache[1][i])
         x, new_cache = block(config, is_moe_layer(config, i), mesh, name=f"layers_{i}")(
-            x, cache_i, positions, segment_ids)
+            x, cache_i, positions, segment_ids, tree_mask)
         new_caches.append(new_cache)
     return x, None if layer_cache is None else stacked_caches(new_caches)
 
@@ -181,17 +192,29 @@ class Llama(nn.Module):
     mesh: Any = None
 
     @nn.compact
-    def __call__(self, tokens, *, positions=None, segment_ids=None, cache=None, decode=False):
+    def __call__(self, tokens, *, positions=None, segment_ids=None, cache=None, decode=False, tree_mask=None,
+                 return_hidden=False):
         """Logits `[batch, seq, vocab]` (float32) for int tokens `[batch, seq]`.
 
         positions default to 0.. (training) or to `cache["lengths"]` onwards (decoding).
         segment_ids (training only) keep packed documents from attending to each other.
-        With `decode=True` returns `(logits, new_cache)`.
+        tree_mask (decoding only; `[seq, seq]` or `[batch, seq, seq]` bool) verifies a token tree:
+        token i sees the cache and the tokens n with tree_mask[i, n] (its ancestors and itself);
+        the tokens fill the cache slots from `cache["lengths"]` on, root first, and `positions`
+        (required) are the cache length plus each token's depth (research/models/layers.py).
+        With `return_hidden=True` the output is `(logits, h)`, h `[batch, seq, dim]` the final
+        normed hidden state that the output head reads. With `decode=True` returns
+        `(output, new_cache)`; the new cache's lengths count the slots written.
         """
         c = self.config
         dtype = jnp.dtype(c.dtype)
         if decode and cache is None:
             raise ValueError("decode=True needs a cache; make one with init_cache(config, batch, max_len)")
+        if tree_mask is not None and (not decode or positions is None):
+            raise ValueError("tree_mask verifies a token tree after a KV cache: it needs decode=True and the "
+                             "tree's positions (cache length + depth)")
+        if tree_mask is not None:
+            tree_mask = jnp.broadcast_to(tree_mask, (tokens.shape[0], tokens.shape[1], tokens.shape[1]))
         if positions is None:
             offset = cache["lengths"][:, None] if decode else 0
             positions = offset + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
@@ -207,11 +230,11 @@ class Llama(nn.Module):
         layer_cache = (cache["k"], cache["v"]) if decode else None
         if c.scan_layers:
             x, new_layer_cache = scanned_blocks(c, self.mesh, "layers")(
-                x, scanned_cache(c, layer_cache), positions, segment_ids)
+                x, scanned_cache(c, layer_cache), positions, segment_ids, tree_mask)
             if new_layer_cache is not None:
                 new_layer_cache = tuple(k.reshape(-1, *k.shape[-4:]) for k in new_layer_cache)
         else:
-            x, new_layer_cache = unrolled_blocks(c, self.mesh, x, layer_cache, positions, segment_ids)
+            x, new_layer_cache = unrolled_blocks(c, self.mesh, x, layer_cache, positions, segment_ids, tree_mask)
         if ring:
             x = x[:, np.argsort(order)]
         x = RMSNorm(c.norm_eps, dtype, name="norm")(x)
@@ -219,10 +242,11 @@ class Llama(nn.Module):
             self, "lm_head", nn.initializers.normal(stddev=c.dim**-0.5), (c.dim, c.vocab_size), ("embed", "vocab"))
         logits = jnp.einsum("bsd,dv->bsv", x, w_out.astype(dtype), preferred_element_type=jnp.float32)
         logits = constrain(logits, ("batch", "seq", "vocab"), self.mesh)
+        output = (logits, x) if return_hidden else logits
         if not decode:
-            return logits
+            return output
         k, v = new_layer_cache
-        return logits, {"k": k, "v": v, "lengths": positions[:, -1] + 1}
+        return output, {"k": k, "v": v, "lengths": positions[:, 0] + tokens.shape[1]}
 
 
 def init_cache(config, batch_size: int, max_len: int, dtype=None):
