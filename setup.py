@@ -25,6 +25,7 @@ setuptools.setup(
         "ml-dtypes>=0.4",
         "optuna>=5.0",
         "cmaes>=0.11",
+        "scikit-learn>=1.4",  # the bundled digits images (research/data/scenes.py)
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "pycocotools>=2.0.8", "pgserver>=0.1.4", "psycopg2-binary>=2.9"],

@@ -143,7 +143,8 @@ def run_in(workdir: Path, config, devices, preemption: PreemptionWatch, on_evalu
     write_json_atomically(workdir / CONFIG_FILE, config.to_dict())
 
     train_step = compile_train_step(task, layout)
-    evaluators = task.evaluators(layout.batch_shardings)
+    evaluators = {**task.evaluators(layout.batch_shardings),
+                  **task.workdir_evaluators(layout.batch_shardings, workdir)}
     writer = MetricsWriter(str(workdir), resume_step=step)
     throughput = Throughput(task.flops_per_token, total_peak_flops(config.peak_flops))
     pending = PendingMetrics(task.tokens_per_step)

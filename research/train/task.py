@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import research.train.trainers
@@ -39,6 +40,8 @@ class Task:
         (research/train/batches.py), laid out with the shardings of `batch_spec`.
     evaluators(batch_shardings) -> {name: Evaluator}: run at their own cadence, logged as
         `<name>_<metric>` (research/train/evaluators.py).
+    workdir_evaluators(batch_shardings, workdir) -> {name: Evaluator}: evaluators that also write files
+        into the run's `workdir` (a `pathlib.Path`; process 0 writes), e.g. image grids; none by default.
     tokens_per_step: tokens in one step's batch, or None when each step reports its own.
     flops_per_token: model FLOPs of one trained token (for MFU).
     axis_rules: logical axis -> mesh axes, for the state and the batch (the model family's).
@@ -52,6 +55,7 @@ class Task:
     tokens_per_step: int | None
     flops_per_token: float
     axis_rules: tuple = LOGICAL_AXIS_RULES
+    workdir_evaluators: Callable[[Any, Path], Mapping[str, Evaluator]] = lambda batch_shardings, workdir: {}
 
 
 def trainer_names() -> tuple[str, ...]:
