@@ -1,12 +1,19 @@
 """Post-training as in LLaMA-2 (Touvron et al., 2023): supervised fine-tuning, then reward models and
 reinforcement learning, each stage a run started from the one before with `init_from`.
 
-Variants: `tiny_sft` (the tiny LLaMA fine-tuned on worked solutions of the procedural task suites,
-loss on the answers only; minutes on a CPU). Chain from a pretraining run:
+Variants (the tiny LLaMA; minutes each on a CPU):
+    tiny_sft        fine-tuned on worked solutions of the procedural task suites, loss on the answers only
+    tiny_rm         a helpfulness reward model on programmatically judged preference pairs (arithmetic,
+                    string, format), the ranking loss with LLaMA-2's small margin (`reward_model.margin`)
+    tiny_safety_rm  the same for the safety pairs (banned topics: refuse or help)
+
+Chain from a pretraining run:
 
     python -m research.run --config configs/llama2.py:tiny --workdir workdir/llama2_tiny
     python -m research.run --config configs/rlhf.py:tiny_sft --workdir workdir/sft_tiny \\
         --config.init_from.kind=run --config.init_from.path=workdir/llama2_tiny
+    python -m research.run --config configs/rlhf.py:tiny_rm --workdir workdir/rm_tiny \
+        --config.init_from.path=workdir/sft_tiny
 
 The SFT recipe follows LLaMA-2 §3.1 in shape: a cosine schedule at a learning rate below
 pretraining's, weight decay 0.1, packed conversations, loss on the assistant's tokens.
@@ -19,7 +26,7 @@ import ml_collections
 from research.config import load_module, parse_arg
 
 LLAMA2 = load_module(os.path.join(os.path.dirname(__file__), "llama2.py"))
-VARIANTS = ("tiny_sft",)
+VARIANTS = ("tiny_sft", "tiny_rm", "tiny_safety_rm")
 
 
 def sft_data() -> ml_collections.ConfigDict:
@@ -43,11 +50,29 @@ def tasks_eval(split: str, every: int = 0) -> dict:
                 max_new_tokens=128, every=every)
 
 
+def reward_model_config(config, kinds: tuple[str, ...]) -> ml_collections.ConfigDict:
+    """A reward model from the SFT run's decoder (LLaMA-2 §3.2.2: one epoch, a lower learning rate)."""
+    config.trainer = "reward_model"
+    config.model.family = "value"
+    config.data.preferences = ml_collections.ConfigDict(dict(kinds=kinds, count=1500, seed=0))
+    config.reward_model = ml_collections.ConfigDict(dict(margin="small"))  # "none", "small", "large"
+    config.train.update(steps=150, seq_len=128, batch_size=16, eval_every=50)
+    config.evals = ml_collections.ConfigDict(dict(preferences=dict(kind="preferences", every=50, batches=0)))
+    config.init_from = ml_collections.ConfigDict(dict(kind="run", path="workdir/sft_tiny", parts="params",
+                                                      into="backbone"))
+    config.optimizer.update(learning_rate=3e-4, warmup_steps=10)
+    return config
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = parse_arg(arg, variant="tiny_sft")
     if args.variant not in VARIANTS:
         raise ValueError(f"unknown rlhf variant {args.variant!r}; known: {VARIANTS}")
     config = LLAMA2.get_config("tiny")
+    if args.variant == "tiny_rm":
+        return reward_model_config(config, ("arithmetic", "string", "format"))
+    if args.variant == "tiny_safety_rm":
+        return reward_model_config(config, ("safety",))
     config.trainer = "sft"
     config.data.sft = sft_data()
     config.train.steps = 300

@@ -23,6 +23,7 @@ FAMILIES = {  # family name -> the module that defines its FAMILY
     "chameleon": "research.models.chameleon",
     "vq_image_tokenizer": "research.models.vq_image_tokenizer",
     "medusa": "research.models.medusa",
+    "value": "research.models.value_model",
 }
 DEFAULT_FAMILY = "llama"
 
