@@ -7,39 +7,46 @@ import sys
 
 import numpy as np
 import jax
+import pytest
 
 from research.train.metrics import read_metrics
 from tests.train.conftest import tiny_overrides
 from tests.train.processes import logged_step, wait_for_step
 from tests.train.test_loop import final_params
 
-STEPS = 120
+COMMON = dict(train__checkpoint_every=7, train__eval_every=50, optimizer__warmup_steps=10)
+TRAINERS = {  # trainer: (config, its overrides of the tiny LLaMA's, steps, the earliest step to kill it at)
+    "lm": ("configs/llama2.py:tiny", COMMON, 120, 30),
+    "sft": ("configs/rlhf.py:tiny_sft", {**COMMON, "train__seq_len": 320, "model__vocab_size": 265, "data__sft__count": 40,
+                                         "data__sft__suites": "('arithmetic','countdown')"}, 36, 12),
+}
 
 
-def run_command(workdir):
-    overrides = tiny_overrides(train__steps=STEPS, train__checkpoint_every=7, train__eval_every=50,
-                               optimizer__warmup_steps=10)
-    return [sys.executable, "-m", "research.run", "--config", "configs/llama2.py:tiny", "--workdir", str(workdir),
-            *[f"--config.{o}" for o in overrides]]
+def run_command(workdir, trainer="lm"):
+    spec, overrides, steps, _ = TRAINERS[trainer]
+    return [sys.executable, "-m", "research.run", "--config", spec, "--workdir", str(workdir),
+            *[f"--config.{o}" for o in tiny_overrides(**overrides, train__steps=steps)]]
 
 
 def train_losses(workdir):
     return [(r["step"], r["loss"]) for r in read_metrics(str(workdir)) if "loss" in r]
 
 
-def test_sigkill_and_restart_is_bit_identical_to_an_uninterrupted_run(tmp_path):
-    subprocess.run(run_command(tmp_path / "whole"), check=True, capture_output=True)
+@pytest.mark.parametrize("trainer", sorted(TRAINERS))
+def test_sigkill_and_restart_is_bit_identical_to_an_uninterrupted_run(tmp_path, trainer):
+    subprocess.run(run_command(tmp_path / "whole", trainer), check=True, capture_output=True)
 
     interrupted = tmp_path / "killed"
-    process = subprocess.Popen(run_command(interrupted), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
-    wait_for_step(process, interrupted, 30)
+    process = subprocess.Popen(run_command(interrupted, trainer), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    _, _, steps, kill_at = TRAINERS[trainer]
+    wait_for_step(process, interrupted, kill_at)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     killed_at = logged_step(interrupted)
-    assert 30 <= killed_at < STEPS
+    assert kill_at <= killed_at < steps
 
-    subprocess.run(run_command(interrupted), check=True, capture_output=True)
+    subprocess.run(run_command(interrupted, trainer), check=True, capture_output=True)
     assert train_losses(interrupted) == train_losses(tmp_path / "whole")
     for a, b in zip(jax.tree.leaves(final_params(str(interrupted))),
                     jax.tree.leaves(final_params(str(tmp_path / "whole")))):
