@@ -6,6 +6,8 @@ Variants (the tiny LLaMA; minutes each on a CPU):
     tiny_rm         a helpfulness reward model on programmatically judged preference pairs (arithmetic,
                     string, format), the ranking loss with LLaMA-2's small margin (`reward_model.margin`)
     tiny_safety_rm  the same for the safety pairs (banned topics: refuse or help)
+    tiny_dpo        DPO (β 0.1) on the helpfulness pairs, the policy and its frozen reference from the SFT run
+    tiny_orpo       ORPO (λ 0.1) on the same pairs, no reference
 
 Chain from a pretraining run:
 
@@ -26,7 +28,7 @@ import ml_collections
 from research.config import load_module, parse_arg
 
 LLAMA2 = load_module(os.path.join(os.path.dirname(__file__), "llama2.py"))
-VARIANTS = ("tiny_sft", "tiny_rm", "tiny_safety_rm")
+VARIANTS = ("tiny_sft", "tiny_rm", "tiny_safety_rm", "tiny_dpo", "tiny_orpo")
 
 
 def sft_data() -> ml_collections.ConfigDict:
@@ -64,6 +66,18 @@ def reward_model_config(config, kinds: tuple[str, ...]) -> ml_collections.Config
     return config
 
 
+def preference_config(config, loss: str) -> ml_collections.ConfigDict:
+    """DPO or ORPO on the helpfulness pairs (research/train/trainers/dpo.py), the policy from the SFT run."""
+    config = reward_model_config(config, ("arithmetic", "string", "format"))
+    config.trainer = "dpo"
+    config.model.family = "llama"
+    del config.reward_model
+    config.preference = ml_collections.ConfigDict(dict(loss=loss, beta=0.1, orpo_lambda=0.1))
+    config.init_from.into = "policy"
+    config.optimizer.learning_rate = 5e-5
+    return config
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = parse_arg(arg, variant="tiny_sft")
     if args.variant not in VARIANTS:
@@ -73,6 +87,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         return reward_model_config(config, ("arithmetic", "string", "format"))
     if args.variant == "tiny_safety_rm":
         return reward_model_config(config, ("safety",))
+    if args.variant in ("tiny_dpo", "tiny_orpo"):
+        return preference_config(config, args.variant.removeprefix("tiny_"))
     config.trainer = "sft"
     config.data.sft = sft_data()
     config.train.steps = 300

@@ -46,3 +46,4 @@ def test_training_ranks_chosen_above_rejected_on_held_out_prompts(tmp_path):
 def test_an_unknown_margin_table_is_named(tmp_path):
     with pytest.raises(ValueError, match="reward_model.margin: 'huge' is not one of"):
         train(rm_config(reward_model__margin="huge"), str(tmp_path), devices=ONE_DEVICE)
+
