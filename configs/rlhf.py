@@ -8,6 +8,11 @@ Variants (the tiny LLaMA; minutes each on a CPU):
     tiny_safety_rm  the same for the safety pairs (banned topics: refuse or help)
     tiny_dpo        DPO (β 0.1) on the helpfulness pairs, the policy and its frozen reference from the SFT run
     tiny_orpo       ORPO (λ 0.1) on the same pairs, no reference
+    tiny_ppo        vanilla PPO against the helpfulness reward model: clipped surrogate, per-token KL in
+                    the reward (β 0.02), GAE (γ 1, λ 0.95), no other tricks
+    tiny_ppo_max    PPO-max (MOSS-RLHF): reward normalised and clipped from running statistics,
+                    advantages whitened and clipped, value clipping, the critic from the reward model,
+                    global gradient clipping, a small buffer with several inner epochs and mini-batches
 
 Chain from a pretraining run:
 
@@ -28,7 +33,7 @@ import ml_collections
 from research.config import load_module, parse_arg
 
 LLAMA2 = load_module(os.path.join(os.path.dirname(__file__), "llama2.py"))
-VARIANTS = ("tiny_sft", "tiny_rm", "tiny_safety_rm", "tiny_dpo", "tiny_orpo")
+VARIANTS = ("tiny_sft", "tiny_rm", "tiny_safety_rm", "tiny_dpo", "tiny_orpo", "tiny_ppo", "tiny_ppo_max")
 
 
 def sft_data() -> ml_collections.ConfigDict:
@@ -78,6 +83,32 @@ def preference_config(config, loss: str) -> ml_collections.ConfigDict:
     return config
 
 
+def ppo_config(config, ppo_max: bool) -> ml_collections.ConfigDict:
+    """PPO on the helpfulness prompts (research/train/trainers/ppo.py); every PPO-max trick a switch,
+    on in `ppo_max` with MOSS-RLHF's values (its config_ppo.py), off in vanilla PPO."""
+    config.trainer = "ppo"
+    config.ppo = ml_collections.ConfigDict(dict(
+        prompt_kinds=("arithmetic", "string", "format"), num_prompts=512, prompt_seed=2,
+        prompts_per_step=16, max_prompt_len=64, max_new_tokens=32, temperature=0.8, top_p=0.9,
+        kl_coef=0.02, kl_target=0.0, kl_horizon=10000, gamma=1.0, lam=0.95, clip=0.2,
+        value_coef=1.0, critic_lr_scale=3.0,
+        normalize_reward=ppo_max, reward_clip=10.0 if ppo_max else 0.0,
+        normalize_advantage=ppo_max, advantage_clip=0.5 if ppo_max else 0.0,
+        value_clip=0.2 if ppo_max else 0.0, entropy_coef=0.0,
+        inner_epochs=2 if ppo_max else 1, minibatches=2 if ppo_max else 1,
+    ))
+    config.train.update(steps=60, log_every=5, checkpoint_every=20, eval_every=0)
+    config.evals = ml_collections.ConfigDict()
+    extra = dict(reward=dict(kind="run", path="workdir/rm_tiny", into="reward"))
+    if ppo_max:  # the critic starts as the reward model
+        extra["value"] = dict(kind="run", path="workdir/rm_tiny", into="value")
+    config.init_from = ml_collections.ConfigDict(dict(kind="run", path="workdir/sft_tiny", parts="params",
+                                                      into="policy", extra=extra))
+    config.optimizer.update(learning_rate=1e-5, warmup_steps=0, schedule="constant", weight_decay=0.0,
+                            b2=0.95, eps=1e-6, grad_clip_norm=1.0 if ppo_max else 0.0)
+    return config
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = parse_arg(arg, variant="tiny_sft")
     if args.variant not in VARIANTS:
@@ -87,6 +118,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         return reward_model_config(config, ("arithmetic", "string", "format"))
     if args.variant == "tiny_safety_rm":
         return reward_model_config(config, ("safety",))
+    if args.variant in ("tiny_ppo", "tiny_ppo_max"):
+        return ppo_config(config, args.variant == "tiny_ppo_max")
     if args.variant in ("tiny_dpo", "tiny_orpo"):
         return preference_config(config, args.variant.removeprefix("tiny_"))
     config.trainer = "sft"
