@@ -28,7 +28,10 @@ setuptools.setup(
         "scikit-learn>=1.4",  # the bundled digits images (research/data/scenes.py)
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "pycocotools>=2.0.8", "pgserver>=0.1.4", "psycopg2-binary>=2.9"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "pycocotools>=2.0.8", "pgserver>=0.1.4", "psycopg2-binary>=2.9",
+                 "jsonschema>=4.20"],
+        # the reference libraries the structured-generation benchmark measures beside ours
+        "bench": ["outlines-core>=0.2", "llguidance>=1.0"],
         "postgres": ["psycopg2-binary>=2.9"],
         "dashboard": ["optuna-dashboard>=0.21"],
         "tpu": ["jax[tpu]"],

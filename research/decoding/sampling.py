@@ -13,6 +13,13 @@ T = 0 is argmax. T < GREEDY_BELOW counts as T = 0: there the runner-up's probabi
 relative to the argmax, exp(−Δz/T), is below e⁻¹⁰ unless the two largest logits are within
 10·T = 1e-5 of each other, while for tiny T z/T overflows float32 (or T underflows to 0) and
 the sample would be garbage rather than the argmax.
+
+With a `constraint` (research/decoding/structured: arrays `next_state [S, V]`, `distance [S]`,
+`accepting [S]`, start state 0) each row carries a state s, starting at 0 when generation
+starts (the prompt does not advance it). With n tokens left, token t is allowed iff
+next_state[s, t] ≥ 0 and distance[next_state[s, t]] ≤ n − 1, a stop id iff accepting[s];
+the rest get logit −inf before filtering and sampling, and a row with one allowed token takes
+it without sampling. So every row ends in an accepting state (a complete document).
 """
 
 import functools
@@ -137,12 +144,27 @@ def unrolled(model, params):
     return model.clone(config=ml_collections.FrozenConfigDict(config)), unstack_layers(params)
 
 
+def constrained_token(logits, rng, constraint, state, tokens_left, *, stop_ids, sample):
+    """(token [B], next state [B]) under `constraint` from DFA states `state [B]` with
+    `tokens_left` tokens (this one included) to finish the document."""
+    next_states = constraint.next_state[state]
+    finishable = constraint.distance[jnp.maximum(next_states, 0)] <= tokens_left - 1
+    allowed = (next_states >= 0) & finishable
+    stops = jnp.array(stop_ids, jnp.int32)
+    allowed = allowed.at[:, stops].set(constraint.accepting[state][:, None])
+    sampled = sample(jnp.where(allowed, logits, -jnp.inf), rng)
+    token = jnp.where(allowed.sum(axis=-1) == 1, jnp.argmax(allowed, axis=-1).astype(jnp.int32), sampled)
+    moved = jnp.take_along_axis(next_states, token[:, None], axis=1)[:, 0]
+    return token, jnp.where(jnp.isin(token, stops), state, moved)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p",
                                              "stop_ids", "pad_id"))
-def generate_padded(model, params, tokens, lengths, rng, *, max_new_tokens, temperature, top_k, top_p,
-                    stop_ids, pad_id):
+def generate_padded(model, params, tokens, lengths, rng, constraint=None, *, max_new_tokens, temperature, top_k,
+                    top_p, stop_ids, pad_id):
     """The jitted core of `generate` on right-padded prompts `tokens [B, P]` of `lengths [B]`;
-    a row stops after emitting any id in the tuple `stop_ids`."""
+    a row stops after emitting any id in the tuple `stop_ids`. `constraint` (or None) holds
+    device arrays whose `next_state` has the model's vocabulary as its width."""
     batch, prompt_len = tokens.shape
     rows = jnp.arange(batch)
     model, params = unrolled(model, params)
@@ -154,25 +176,54 @@ def generate_padded(model, params, tokens, lengths, rng, *, max_new_tokens, temp
     sample = functools.partial(sample_token, temperature=temperature, top_k=top_k, top_p=top_p)
 
     def keep_going(carry):
-        i, _, _, _, done = carry
+        i, _, _, _, done, _ = carry
         return (i < max_new_tokens) & ~jnp.all(done)
 
     def step(carry):
-        i, output, cache, next_logits, done = carry
-        token = jnp.where(done, pad_id, sample(next_logits, jax.random.fold_in(rng, i)))
+        i, output, cache, next_logits, done, state = carry
+        step_rng = jax.random.fold_in(rng, i)
+        if constraint is None:
+            token = sample(next_logits, step_rng)
+        else:
+            token, moved = constrained_token(next_logits, step_rng, constraint, state, max_new_tokens - i,
+                                             stop_ids=stop_ids, sample=sample)
+            state = jnp.where(done, state, moved)
+        token = jnp.where(done, pad_id, token)
         output = output.at[rows, lengths + i].set(token)
         if stop_ids:
             done = done | jnp.isin(token, jnp.array(stop_ids, jnp.int32))
         logits, cache = model.apply({"params": params}, token[:, None], cache=cache, decode=True)
-        return i + 1, output, cache, logits[:, 0], done
+        return i + 1, output, cache, logits[:, 0], done, state
 
-    carry = (jnp.int32(0), output, cache, next_logits, jnp.zeros((batch,), bool))
+    carry = (jnp.int32(0), output, cache, next_logits, jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.int32))
     return jax.lax.while_loop(keep_going, step, carry)[1]
+
+
+def device_constraint(constraint, vocab_size: int, max_new_tokens: int, stop_ids: tuple[int, ...]):
+    """`constraint`'s arrays on the device, `next_state` widened with −1 to `vocab_size` and the
+    states padded with unreachable ones to a power of two (fewer shapes to compile); ValueError
+    if it has more token ids than the model, if there is no stop id to end a document with, or if
+    the shortest document does not fit in `max_new_tokens`."""
+    next_state = np.asarray(constraint.next_state)
+    if next_state.shape[1] > vocab_size:
+        raise ValueError(f"constraint covers {next_state.shape[1]} token ids, more than the model's vocab_size "
+                         f"{vocab_size}")
+    if not stop_ids:
+        raise ValueError("a constraint needs eos_id: a stop id ends each row's document")
+    shortest = int(np.asarray(constraint.distance)[0])
+    if shortest > max_new_tokens:
+        raise ValueError(f"max_new_tokens {max_new_tokens} is too small: the shortest document the constraint "
+                         f"accepts takes {shortest} tokens")
+    extra_states = (1 << max(next_state.shape[0] - 1, 1).bit_length()) - next_state.shape[0]
+    widened = np.pad(next_state, ((0, extra_states), (0, vocab_size - next_state.shape[1])), constant_values=-1)
+    distance = np.pad(np.asarray(constraint.distance), (0, extra_states))
+    accepting = np.pad(np.asarray(constraint.accepting), (0, extra_states))
+    return type(constraint)(jnp.asarray(widened), jnp.asarray(distance), jnp.asarray(accepting))
 
 
 def generate(model, params, prompts: Sequence[Sequence[int]] | np.ndarray | jax.Array, *, max_new_tokens: int,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, rng=None,
-             eos_id: int | Sequence[int] | None = None, pad_id: int = 0):
+             eos_id: int | Sequence[int] | None = None, pad_id: int = 0, constraint=None):
     """Continues each prompt by `max_new_tokens` tokens; returns `[batch, prompt_len + max_new_tokens]`.
 
     `prompts` is an int array `[batch, prompt_len]` or a list of token lists of different
@@ -182,6 +233,11 @@ def generate(model, params, prompts: Sequence[Sequence[int]] | np.ndarray | jax.
     GREEDY_BELOW decodes greedily. Raises ValueError naming the argument for token ids that
     are not ints in [0, vocab_size), a `max_new_tokens` that is not a positive int, or a
     temperature that is not a finite number >= 0.
+
+    `constraint` (e.g. `research.decoding.structured.json_schema_constraint(schema, tokenizer)`)
+    restricts each row's new tokens to a complete document of its language followed by a stop
+    id (see the module docstring); it needs `eos_id`, and ValueError comes before decoding if
+    its shortest document is longer than `max_new_tokens`.
     """
     config = model.config
     pad_id = checked_int("pad_id", pad_id, 0, config.vocab_size)
@@ -198,7 +254,9 @@ def generate(model, params, prompts: Sequence[Sequence[int]] | np.ndarray | jax.
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     stop_ids = stop_id_tuple(eos_id, config.vocab_size)
+    if constraint is not None:
+        constraint = device_constraint(constraint, config.vocab_size, max_new_tokens, stop_ids)
     rng = jax.random.key(0) if rng is None else rng
-    return generate_padded(model, params, jnp.asarray(tokens), jnp.asarray(lengths), rng,
+    return generate_padded(model, params, jnp.asarray(tokens), jnp.asarray(lengths), rng, constraint,
                            max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                            top_p=top_p, stop_ids=stop_ids, pad_id=pad_id)
