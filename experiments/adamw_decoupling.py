@@ -299,7 +299,7 @@ def write_markdown(path: Path, results: dict, seeds: dict, args) -> None:
         f"**(b) AdamW's best result is at least as good as Adam's: {b}.** Best cells (seed 0, then the "
         f"reruns with other seeds): {seed_text}; mean {np.nanmean(seeds['adam']):.4f} (Adam + L2) against "
         f"{np.nanmean(seeds['adamw']):.4f} (AdamW).", "",
-        f"Caveats: one tiny model, a short run, one seed per cell and a grid of half decades. "
+        "Caveats: one tiny model, a short run, one seed per cell and a grid of half decades. "
         + (f"Other seeds moved the best cells' loss by up to {seed_shifts['adam']:.4f} (Adam + L2) and "
            f"{seed_shifts['adamw']:.4f} (AdamW), so smaller differences between cells are not resolved. "
            if args.seeds else "No seed reruns, so the noise between cells is not measured. ")
