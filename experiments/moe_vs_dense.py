@@ -25,7 +25,6 @@ experiments/results/moe_vs_dense.{md,png}.
 """
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ import jax
 import numpy as np
 from matplotlib.figure import Figure
 
+from experiments.runs import train_or_reuse
 from research import config as config_lib
 from research.data import corpus
 from research.data.pipeline import make_lm_batches, tokenized_documents
@@ -42,7 +42,6 @@ from research.data.tokenizer import get_tokenizer
 from research.models import count_params, make_model
 from research.models.moe import MOE_COLLECTION
 from research.parallel.mesh import make_mesh
-from research.train import loop
 from research.train.checkpoint import Checkpointer
 from research.train.metrics import read_metrics
 from research.train.moe_aux import layer_statistics
@@ -83,18 +82,6 @@ def arm_config(arm: str, seed: int, args):
 
 def is_moe(config) -> bool:
     return config.model.get("moe") is not None
-
-
-def train_arm(config, workdir: Path) -> dict:
-    """results.json of the run in `workdir`, training (or resuming) it first unless it finished.
-    A workdir written by another config raises ValueError."""
-    written = workdir / "config.json"
-    if written.exists() and json.loads(written.read_text()) != json.loads(json.dumps(config.to_dict(), default=str)):
-        raise ValueError(f"{workdir} holds a run of another config; use another --workdir")
-    results = workdir / "results.json"
-    if results.exists():
-        return json.loads(results.read_text())
-    return loop.train(config, str(workdir), devices=jax.devices()[:1])
 
 
 def final_expert_load(config, workdir: Path) -> np.ndarray:
@@ -141,7 +128,7 @@ def run_arm(arm: str, args) -> dict:
     """Trains every seed of `arm`; its configs, results, metric records and final expert loads."""
     configs = [arm_config(arm, seed, args) for seed in range(args.seeds)]
     workdirs = [args.workdir / f"{arm}_seed{seed}" for seed in range(args.seeds)]
-    results = [train_arm(config, workdir) for config, workdir in zip(configs, workdirs)]
+    results = [train_or_reuse(config, workdir) for config, workdir in zip(configs, workdirs)]
     loads = []
     if is_moe(configs[0]):
         loads = [final_expert_load(config, workdir) for config, workdir in zip(configs, workdirs)]

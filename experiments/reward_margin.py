@@ -15,15 +15,13 @@ is not trained again.
 """
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
-import jax
 
+from experiments.runs import train_or_reuse
 from research import config as config_lib
 from research.data.tasks.preferences import STRENGTHS
-from research.train import loop
 
 ARMS = ("none", "small", "large")
 PAPER_AVERAGE = {"none": 62.5, "small": 63.0, "large": 62.9}  # LLaMA-2 Table 28, Meta helpfulness test set
@@ -40,13 +38,6 @@ def arm_config(margin: str, args):
     else:
         overrides += ["init_from.kind=none", "init_from.path=", "init_from.into="]
     return config_lib.load("configs/rlhf.py:tiny_rm", overrides + (QUICK if args.quick else []))
-
-
-def run_arm(config, workdir: Path) -> dict:
-    results = workdir / "results.json"
-    if results.exists():
-        return json.loads(results.read_text())
-    return loop.train(config, str(workdir), devices=jax.devices()[:1])
 
 
 def table(results: dict, args) -> str:
@@ -86,7 +77,7 @@ def main(argv=None) -> str:
     args = parser.parse_args(argv)
     args.steps = args.steps or (8 if args.quick else 150)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="reward_margin_"))
-    results = {arm: run_arm(arm_config(arm, args), workdir / arm) for arm in ARMS}
+    results = {arm: train_or_reuse(arm_config(arm, args), workdir / arm) for arm in ARMS}
     report = table(results, args)
     default = workdir / "reward_margin" if args.quick else Path("experiments/results/reward_margin")
     output = Path(args.output) if args.output else default

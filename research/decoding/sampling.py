@@ -111,6 +111,20 @@ def stop_id_tuple(eos_id, vocab_size: int) -> tuple[int, ...]:
     return tuple(sorted(set(ids.ravel().tolist())))
 
 
+def checked_sampling(temperature, rng, top_k, top_p, vocab_size: int):
+    """(temperature, top_k, rng) of a sampling request, checked: temperature as `greedy_or_temperature`,
+    an rng key needed when sampling (a fixed key stands in when greedy), top_k an int in
+    [1, vocab_size], top_p in (0, 1]; ValueError naming the argument otherwise."""
+    temperature = greedy_or_temperature(temperature)
+    if temperature > 0 and rng is None:
+        raise ValueError(f"sampling (temperature >= GREEDY_BELOW = {GREEDY_BELOW}) needs an rng key")
+    if top_k is not None:
+        top_k = checked_int("top_k", top_k, 1, vocab_size + 1)
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    return temperature, top_k, jax.random.key(0) if rng is None else rng
+
+
 def filter_logits(logits, *, temperature: float, top_k: int | None, top_p: float | None):
     """Logits scaled by 1/T with everything outside the top-k and the top-p nucleus set to −inf."""
     logits = logits.astype(jnp.float32) / temperature
@@ -246,17 +260,10 @@ def generate(model, params, prompts: Sequence[Sequence[int]] | np.ndarray | jax.
     if tokens.shape[1] + max_new_tokens > config.max_seq_len:
         raise ValueError(f"prompt length {tokens.shape[1]} + max_new_tokens {max_new_tokens} exceeds "
                          f"model.max_seq_len {config.max_seq_len}")
-    temperature = greedy_or_temperature(temperature)
-    if temperature > 0 and rng is None:
-        raise ValueError(f"sampling (temperature >= GREEDY_BELOW = {GREEDY_BELOW}) needs an rng key")
-    if top_k is not None:
-        top_k = checked_int("top_k", top_k, 1, config.vocab_size + 1)
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    temperature, top_k, rng = checked_sampling(temperature, rng, top_k, top_p, config.vocab_size)
     stop_ids = stop_id_tuple(eos_id, config.vocab_size)
     if constraint is not None:
         constraint = device_constraint(constraint, config.vocab_size, max_new_tokens, stop_ids)
-    rng = jax.random.key(0) if rng is None else rng
     return generate_padded(model, params, jnp.asarray(tokens), jnp.asarray(lengths), rng, constraint,
                            max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                            top_p=top_p, stop_ids=stop_ids, pad_id=pad_id)
