@@ -29,7 +29,9 @@ setuptools.setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "pycocotools>=2.0.8", "pgserver>=0.1.4", "psycopg2-binary>=2.9",
-                 "jsonschema>=4.20"],
+                 "jsonschema>=4.20",
+                 # Hugging Face Chameleon built live for the conversion tests; torch pinned to its CPU build
+                 "torch==2.13.0", "transformers>=4.45"],
         # the reference libraries the structured-generation benchmark measures beside ours
         "bench": ["outlines-core>=0.2", "llguidance>=1.0"],
         "postgres": ["psycopg2-binary>=2.9"],

@@ -2,7 +2,7 @@
 
     python -m experiments.pod_fit [--cache workdir/pod_fit_cache] [--out experiments/results]
 
-For LLaMA-2 7B, 13B and 70B (and the Seed-Thinking MoE once its config exists, see MODELS),
+For LLaMA-2 7B, 13B and 70B, the Seed-Thinking MoE and Chameleon 7B and 34B (see MODELS),
 the real train step (`research/train/trainers/lm.py`, AdamW, bf16 compute, full remat,
 scanned layers, XLA attention) is compiled ahead of time for TPU slices by
 `research/tools/aot.py`, at the paper's sequence length 4096 and global batch of
@@ -46,6 +46,8 @@ MODELS = (
     ("LLaMA-2 13B", "configs/llama2.py:13b"),
     ("LLaMA-2 70B", "configs/llama2.py:70b"),
     ("Seed-Thinking-v1.5 MoE", "configs/seed_thinking.py:full"),
+    ("Chameleon 7B", "configs/chameleon.py:7b"),
+    ("Chameleon 34B", "configs/chameleon.py:34b"),
 )
 GENERATIONS = ("v5p", "v5e")
 GLOBAL_BATCH, SEQ_LEN = 1024, 4096
