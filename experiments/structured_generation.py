@@ -251,8 +251,8 @@ def write_markdown(path: Path, rows, overall, loss, bench, args, minutes: float)
     lines += [f"| {k} | " + " | ".join("yes" if v[n] else "no" for n in libraries) + " |" for k, v in coverage.items()]
     lines += ["", "Building is not enforcing: a library may accept a keyword and ignore it (outlines-core accepts "
               "uniqueItems without enforcing it). Ours refuses what it cannot enforce exactly, and its "
-              "constrained outputs always finish within max_new_tokens. xgrammar is not measured: its wheels "
-              "need PyTorch, which this environment lacks.", ""]
+              "constrained outputs always finish within max_new_tokens. xgrammar is not measured (not part of "
+              "the bench: its wheels pull in PyTorch, which the bench environment does not carry).", ""]
     path.write_text("\n".join(lines))
 
 

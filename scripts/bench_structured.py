@@ -243,7 +243,7 @@ def write_report(path: Path, rows: dict, coverage: dict, vocab_size: int) -> Non
               "| keyword | " + " | ".join(libraries) + " |", "|---|---|---|---|"]
     for keyword, accepted in coverage.items():
         lines.append(f"| {keyword} | " + " | ".join("yes" if accepted[n] else "no" for n in libraries) + " |")
-    lines += ["", "xgrammar is left out: its wheels need PyTorch (not installed in this environment). Ours per "
+    lines += ["", "xgrammar is left out: its wheels pull in PyTorch, which the bench environment does not carry. Ours per "
               "token includes one jitted-call dispatch on the CPU; inside `generate` the same work is fused into "
               "the decode step."]
     path.parent.mkdir(parents=True, exist_ok=True)
