@@ -15,17 +15,22 @@ from tests.train.processes import logged_step, wait_for_step
 from tests.train.test_loop import final_params
 
 COMMON = dict(train__checkpoint_every=7, train__eval_every=50, optimizer__warmup_steps=10)
+SFT = {**COMMON, "train__seq_len": 320, "model__vocab_size": 265, "data__sft__count": 40,
+       "data__sft__suites": "('arithmetic','countdown')", **{f"evals__{name}__{field}": value for name in (
+           "in_domain", "held_out") for field, value in (("count", 1), ("max_new_tokens", 4))}}
 TRAINERS = {  # trainer: (config, its overrides of the tiny LLaMA's, steps, the earliest step to kill it at)
     "lm": ("configs/llama2.py:tiny", COMMON, 120, 30),
-    "sft": ("configs/rlhf.py:tiny_sft", {**COMMON, "train__seq_len": 320, "model__vocab_size": 265, "data__sft__count": 40,
-                                         "data__sft__suites": "('arithmetic','countdown')"}, 36, 12),
+    "sft": ("configs/rlhf.py:tiny_sft", SFT, 36, 12),
 }
 
 
 def run_command(workdir, trainer="lm"):
     spec, overrides, steps, _ = TRAINERS[trainer]
+    fields = tiny_overrides(**overrides, train__steps=steps)
+    if trainer != "lm":  # the LM trainer's samples evaluator is not in the other trainers' configs
+        fields = [field for field in fields if not field.startswith("evals.samples.")]
     return [sys.executable, "-m", "research.run", "--config", spec, "--workdir", str(workdir),
-            *[f"--config.{o}" for o in tiny_overrides(**overrides, train__steps=steps)]]
+            *[f"--config.{field}" for field in fields]]
 
 
 def train_losses(workdir):
