@@ -64,7 +64,7 @@ def reward_model_config(config, kinds: tuple[str, ...]) -> ml_collections.Config
     config.data.preferences = ml_collections.ConfigDict(dict(kinds=kinds, count=1500, seed=0))
     config.reward_model = ml_collections.ConfigDict(dict(margin="small"))  # "none", "small", "large"
     config.train.update(steps=150, seq_len=128, batch_size=16, eval_every=50)
-    config.evals = ml_collections.ConfigDict(dict(preferences=dict(kind="preferences", every=50, batches=0)))
+    config.evals = ml_collections.ConfigDict(dict(preferences=dict(kind="preferences", every=50, batches=16)))
     config.init_from = ml_collections.ConfigDict(dict(kind="run", path="workdir/sft_tiny", parts="params",
                                                       into="backbone"))
     config.optimizer.update(learning_rate=3e-4, warmup_steps=10)
