@@ -21,8 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.data.preference_batches import make_preference_batches
-from research.data.tokenizer import get_tokenizer
 from research.models import count_params, make_model
 from research.optim import make_optimizer, make_schedule
 from research.rl.log_probs import sequence_log_probs
@@ -33,8 +31,8 @@ from research.train.evaluators import summed_evaluator
 from research.train.flops import flops_per_token
 from research.train.state import TrainState
 from research.train.task import Task
-from research.train.trainers.lm import optimizer_update
-from research.train.trainers.reward_model import preference_spec
+from research.train.trainers.lm import model_tokenizer, optimizer_update
+from research.train.trainers.reward_model import preference_batches, preference_spec
 
 LOSSES = ("dpo", "orpo")
 
@@ -74,7 +72,7 @@ def build(config, mesh) -> Task:
     train_cfg = config.train
     optimizer = make_optimizer(config.optimizer, train_cfg.steps)
     schedule = make_schedule(config.optimizer, train_cfg.steps)
-    tokenizer = functools.cache(lambda: get_tokenizer(config.data))
+    tokenizer = functools.cache(lambda: model_tokenizer(config))
     objective = functools.partial(preference_objective, model, method)
 
     def init_state(rng, params=None):
@@ -94,10 +92,7 @@ def build(config, mesh) -> Task:
             "loss": loss, "learning_rate": schedule(state.step), **metrics}
 
     def batches(split, num_epochs, seed):
-        return make_preference_batches(
-            config.data.preferences, tokenizer(), split=split, batch_size=train_cfg.batch_size // jax.process_count(),
-            seq_len=train_cfg.seq_len, seed=seed, process_index=jax.process_index(),
-            process_count=jax.process_count(), num_epochs=num_epochs)
+        return preference_batches(config, tokenizer(), split, num_epochs, seed)
 
     def eval_step(params, batch):
         _, metrics = objective(params, batch)

@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from research.data.tokenizer import get_tokenizer
 from research.models import count_params, make_model
 from research.optim import make_optimizer, make_schedule
 from research.rl.aggregation import aggregate
@@ -41,7 +40,7 @@ from research.train.rollout_batches import VerifiableRollouts, rollout_batch_spe
 from research.train.state import TrainState
 from research.train.task import Task
 from research.train.tasks_evaluator import tasks_evaluator
-from research.train.trainers.lm import split_microbatches
+from research.train.trainers.lm import model_tokenizer, split_microbatches
 
 LOSSES = ("grpo", "kimi")
 
@@ -123,7 +122,7 @@ def build(config, mesh) -> Task:
     total_updates = config.train.steps * updates_per_step(rl)
     optimizer = make_optimizer(config.optimizer, total_updates)
     schedule = make_schedule(config.optimizer, total_updates)
-    tokenizer = functools.cache(lambda: get_tokenizer(config.data))
+    tokenizer = functools.cache(lambda: model_tokenizer(config))
 
     def init_state(rng, params=None):
         params = params or {}

@@ -143,6 +143,15 @@ def sample_texts(model, tokenizer, prompts, *, max_new_tokens: int, temperature:
     return run
 
 
+def model_tokenizer(config):
+    """The tokenizer `config.data` names; ValueError if its vocabulary exceeds the model's."""
+    loaded = get_tokenizer(config.data)
+    if loaded.vocab_size > config.model.vocab_size:
+        raise ValueError(f"config field model.vocab_size: {config.model.vocab_size} is smaller than the "
+                         f"tokenizer's vocabulary ({loaded.vocab_size})")
+    return loaded
+
+
 def corpus_batches(config, tokenizer, *, split: str, num_epochs: int | None, seed: int):
     """This process's packed rows of the text corpus `config.data` names."""
     return make_lm_batches(
@@ -173,13 +182,7 @@ def build_lm_task(config, mesh, rows, more_evaluators=None) -> Task:
     optimizer = make_optimizer(config.optimizer, train_cfg.steps)
     schedule = make_schedule(config.optimizer, train_cfg.steps)
 
-    @functools.cache
-    def tokenizer():
-        loaded = get_tokenizer(config.data)
-        if loaded.vocab_size > config.model.vocab_size:
-            raise ValueError(f"config field model.vocab_size: {config.model.vocab_size} is smaller than the "
-                             f"tokenizer's vocabulary ({loaded.vocab_size})")
-        return loaded
+    tokenizer = functools.cache(lambda: model_tokenizer(config))
 
     def eval_step(params, batch):
         nll_sum, weight, statistics = loss_sums(model, params, batch)

@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import optax
 
 from research.config import unfrozen
-from research.data.tokenizer import get_tokenizer
 from research.models import count_params, make_model
 from research.models.medusa import fresh_heads
 from research.optim import make_optimizer, make_schedule
@@ -41,7 +40,8 @@ from research.train.flops import flops_per_token
 from research.train.losses import token_nll, weighted_nll_sum
 from research.train.state import TrainState
 from research.train.task import Task
-from research.train.trainers.lm import corpus_batches, lm_batch_spec, optimizer_update, split_microbatches
+from research.train.trainers.lm import (corpus_batches, lm_batch_spec, model_tokenizer, optimizer_update,
+                                        split_microbatches)
 
 STAGES = (1, 2)
 EVAL_KINDS = ("heads",)
@@ -203,13 +203,7 @@ def build(config, mesh) -> Task:
     model = make_model(config.model, mesh if config.parallel.grad_reduce == "auto" else None)
     optimizer = medusa_optimizer(config)
 
-    @functools.cache
-    def tokenizer():
-        loaded = get_tokenizer(config.data)
-        if loaded.vocab_size > config.model.vocab_size:
-            raise ValueError(f"config field model.vocab_size: {config.model.vocab_size} is smaller than the "
-                             f"tokenizer's vocabulary ({loaded.vocab_size})")
-        return loaded
+    tokenizer = functools.cache(lambda: model_tokenizer(config))
 
     def heads_evaluator(evaluator_config, shardings):
         return summed_evaluator(

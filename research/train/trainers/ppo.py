@@ -35,7 +35,6 @@ import optax
 from research.config import unfrozen
 from research.data.reasoning import format_prompt, stop_ids
 from research.data.tasks.preferences import preference_prompts
-from research.data.tokenizer import get_tokenizer
 from research.models import count_params, make_model
 from research.models.value_model import last_values
 from research.optim import make_optimizer, make_schedule
@@ -49,7 +48,7 @@ from research.train.batches import OnPolicyBatches
 from research.train.flops import flops_per_token
 from research.train.state import TrainState
 from research.train.task import Task
-from research.train.trainers.lm import split_microbatches
+from research.train.trainers.lm import model_tokenizer, split_microbatches
 
 @flax.struct.dataclass
 class SourceState:
@@ -212,7 +211,7 @@ def build(config, mesh) -> Task:
     total_updates = config.train.steps * ppo.inner_epochs * ppo.minibatches
     optimizer = make_optimizer_of(config, total_updates)
     schedule = make_schedule(config.optimizer, total_updates)
-    tokenizer = functools.cache(lambda: get_tokenizer(config.data))
+    tokenizer = functools.cache(lambda: model_tokenizer(config))
 
     def init_state(rng, params=None):
         params = params or {}

@@ -22,7 +22,6 @@ import numpy as np
 
 from research.data.preference_batches import make_preference_batches
 from research.data.tasks.preferences import STRENGTHS
-from research.data.tokenizer import get_tokenizer
 from research.models import count_params, make_model
 from research.models.value_model import last_values
 from research.optim import make_optimizer, make_schedule
@@ -32,7 +31,7 @@ from research.train.evaluators import summed_evaluator
 from research.train.flops import flops_per_token
 from research.train.state import TrainState
 from research.train.task import Task
-from research.train.trainers.lm import optimizer_update
+from research.train.trainers.lm import model_tokenizer, optimizer_update
 
 MARGINS = ("none", *LLAMA2_MARGINS)
 
@@ -50,6 +49,14 @@ def margins_of(strength, margin: str):
     if margin == "none":
         return jnp.zeros(strength.shape, jnp.float32)
     return jnp.asarray(LLAMA2_MARGINS[margin], jnp.float32)[strength]
+
+
+def preference_batches(config, tokenizer, split: str, num_epochs: int | None, seed: int):
+    """This process's batches of preference pairs of `split` ("train" or "validation")."""
+    return make_preference_batches(
+        config.data.preferences, tokenizer, split=split, batch_size=config.train.batch_size // jax.process_count(),
+        seq_len=config.train.seq_len, seed=seed, process_index=jax.process_index(),
+        process_count=jax.process_count(), num_epochs=num_epochs)
 
 
 def preference_spec(batch_size: int, seq_len: int) -> dict:
@@ -74,7 +81,7 @@ def build(config, mesh) -> Task:
     train_cfg = config.train
     optimizer = make_optimizer(config.optimizer, train_cfg.steps)
     schedule = make_schedule(config.optimizer, train_cfg.steps)
-    tokenizer = functools.cache(lambda: get_tokenizer(config.data))
+    tokenizer = functools.cache(lambda: model_tokenizer(config))
 
     def init_state(rng, params=None):
         fresh = model.init(rng, jnp.zeros((1, train_cfg.seq_len), jnp.int32))["params"]
@@ -93,10 +100,7 @@ def build(config, mesh) -> Task:
             "loss": loss, "learning_rate": schedule(state.step), **metrics}
 
     def batches(split, num_epochs, seed):
-        return make_preference_batches(
-            config.data.preferences, tokenizer(), split=split, batch_size=train_cfg.batch_size // jax.process_count(),
-            seq_len=train_cfg.seq_len, seed=seed, process_index=jax.process_index(),
-            process_count=jax.process_count(), num_epochs=num_epochs)
+        return preference_batches(config, tokenizer(), split, num_epochs, seed)
 
     def eval_step(params, batch):
         chosen, rejected = pair_rewards(model, params, batch)
