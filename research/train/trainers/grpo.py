@@ -40,7 +40,7 @@ from research.train.rollout_batches import VerifiableRollouts, rollout_batch_spe
 from research.train.state import TrainState
 from research.train.task import Task
 from research.train.tasks_evaluator import tasks_evaluator
-from research.train.trainers.lm import model_tokenizer, split_microbatches
+from research.train.trainers.lm import minibatch_epochs, model_tokenizer
 
 LOSSES = ("grpo", "kimi")
 
@@ -77,7 +77,6 @@ def make_train_step(model, rl, optimizer, schedule):
     def train_step(state, batch, rng):
         statistics = batch["statistics"]
         rows = {name: value for name, value in batch.items() if name != "statistics"}
-        minibatches = split_microbatches(rows, rl.minibatches)
         opt_state = optimizer.init(state.params["policy"]) if rl.reset_optimizer else state.opt_state
 
         def update(carry, minibatch):
@@ -87,7 +86,7 @@ def make_train_step(model, rl, optimizer, schedule):
             metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
             return (optax.apply_updates(policy, updates), opt_state), metrics
 
-        epochs = jax.tree.map(lambda x: jnp.concatenate([x] * rl.inner_epochs), minibatches)
+        epochs = minibatch_epochs(rows, rl.minibatches, rl.inner_epochs)
         (policy, opt_state), metrics = jax.lax.scan(update, (state.params["policy"], opt_state), epochs)
         metrics = jax.tree.map(jnp.mean, metrics)
         params = {**state.params, "policy": policy}

@@ -59,6 +59,13 @@ def split_microbatches(batch: dict, num_micro: int) -> dict:
     return jax.tree.map(lambda x: x.reshape(x.shape[0] // num_micro, num_micro, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
+def minibatch_epochs(batch: dict, num_minibatches: int, epochs: int) -> dict:
+    """`[B, ...]` → `[epochs · num_minibatches, B/num_minibatches, ...]`: the strided mini-batches of
+    `split_microbatches`, repeated for `epochs` passes (the updates a `lax.scan` runs in order)."""
+    minibatches = split_microbatches(batch, num_minibatches)
+    return jax.tree.map(lambda x: jnp.concatenate([x] * epochs), minibatches)
+
+
 def accumulated_gradients(model, params, batch, total_weight, rng, num_micro: int):
     """(loss, grads, metrics) of `batch`: sums over micro-batches of Σ_m w·nll / W, of the gradient
     of that plus the micro-batch's share Σ_m w / W of the MoE auxiliary loss, and of the MoE metrics

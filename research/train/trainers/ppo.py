@@ -48,7 +48,7 @@ from research.train.batches import OnPolicyBatches
 from research.train.flops import flops_per_token
 from research.train.state import TrainState
 from research.train.task import Task
-from research.train.trainers.lm import model_tokenizer, split_microbatches
+from research.train.trainers.lm import minibatch_epochs, model_tokenizer
 
 @flax.struct.dataclass
 class SourceState:
@@ -163,8 +163,7 @@ def make_train_step(policy_model, critic, ppo, optimizer, schedule):
     def train_step(state, batch, rng):
         statistics = batch["statistics"]
         rows = {name: value for name, value in batch.items() if name != "statistics"}
-        minibatches = split_microbatches(rows, ppo.minibatches)
-        epochs = jax.tree.map(lambda x: jnp.concatenate([x] * ppo.inner_epochs), minibatches)
+        epochs = minibatch_epochs(rows, ppo.minibatches, ppo.inner_epochs)
         trained = {role: state.params[role] for role in ("policy", "value")}
 
         def update(carry, minibatch):
