@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.decoding.medusa_tree import medusa_tree, normalised_choices
-from research.decoding.sampling import (GREEDY_BELOW, checked_int, greedy_or_temperature, pad_prompts, sample_token,
+from research.decoding.sampling import (GREEDY_BELOW, checked_prompts, greedy_or_temperature, sample_token,
                                         stop_id_tuple, unrolled)
 from research.models.layers import kv_cache_length
 from research.models.llama import Llama, init_cache
@@ -196,12 +196,7 @@ def medusa_generate(model, params, prompts: Sequence[Sequence[int]] | np.ndarray
         raise ValueError("model must be a MedusaLM (research/models/medusa.py): its config has no medusa section")
     if acceptance not in ACCEPTANCE_RULES:
         raise ValueError(f"acceptance must be one of {ACCEPTANCE_RULES}, got {acceptance!r}")
-    pad_id = checked_int("pad_id", pad_id, 0, config.vocab_size)
-    tokens, lengths = pad_prompts(prompts, pad_id, config.vocab_size)
-    max_new_tokens = checked_int("max_new_tokens", max_new_tokens, 1)
-    if tokens.shape[1] + max_new_tokens > config.max_seq_len:
-        raise ValueError(f"prompt length {tokens.shape[1]} + max_new_tokens {max_new_tokens} exceeds "
-                         f"model.max_seq_len {config.max_seq_len}")
+    tokens, lengths, pad_id, max_new_tokens = checked_prompts(prompts, pad_id, max_new_tokens, config)
     temperature = greedy_or_temperature(temperature)
     if acceptance == "greedy" and temperature > 0:
         raise ValueError(f"acceptance='greedy' follows the base model's argmax: temperature must be below "

@@ -111,6 +111,19 @@ def stop_id_tuple(eos_id, vocab_size: int) -> tuple[int, ...]:
     return tuple(sorted(set(ids.ravel().tolist())))
 
 
+def checked_prompts(prompts, pad_id, max_new_tokens, config):
+    """(tokens `[B, P]` right-padded, lengths `[B]`, pad_id, max_new_tokens) checked against the model
+    `config`: ids in its vocabulary, max_new_tokens a positive int, and room for the prompt and the new
+    tokens in `max_seq_len`; ValueError naming the argument otherwise."""
+    pad_id = checked_int("pad_id", pad_id, 0, config.vocab_size)
+    tokens, lengths = pad_prompts(prompts, pad_id, config.vocab_size)
+    max_new_tokens = checked_int("max_new_tokens", max_new_tokens, 1)
+    if tokens.shape[1] + max_new_tokens > config.max_seq_len:
+        raise ValueError(f"prompt length {tokens.shape[1]} + max_new_tokens {max_new_tokens} exceeds "
+                         f"model.max_seq_len {config.max_seq_len}")
+    return tokens, lengths, pad_id, max_new_tokens
+
+
 def checked_sampling(temperature, rng, top_k, top_p, vocab_size: int):
     """(temperature, top_k, rng) of a sampling request, checked: temperature as `greedy_or_temperature`,
     an rng key needed when sampling (a fixed key stands in when greedy), top_k an int in
@@ -254,12 +267,7 @@ def generate(model, params, prompts: Sequence[Sequence[int]] | np.ndarray | jax.
     its shortest document is longer than `max_new_tokens`.
     """
     config = model.config
-    pad_id = checked_int("pad_id", pad_id, 0, config.vocab_size)
-    tokens, lengths = pad_prompts(prompts, pad_id, config.vocab_size)
-    max_new_tokens = checked_int("max_new_tokens", max_new_tokens, 1)
-    if tokens.shape[1] + max_new_tokens > config.max_seq_len:
-        raise ValueError(f"prompt length {tokens.shape[1]} + max_new_tokens {max_new_tokens} exceeds "
-                         f"model.max_seq_len {config.max_seq_len}")
+    tokens, lengths, pad_id, max_new_tokens = checked_prompts(prompts, pad_id, max_new_tokens, config)
     temperature, top_k, rng = checked_sampling(temperature, rng, top_k, top_p, config.vocab_size)
     stop_ids = stop_id_tuple(eos_id, config.vocab_size)
     if constraint is not None:

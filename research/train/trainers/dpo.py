@@ -21,18 +21,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.models import count_params, make_model
+from research.models import make_model
 from research.optim import make_optimizer, make_schedule
 from research.rl.log_probs import sequence_log_probs
 from research.rl.preference_losses import dpo_loss, orpo_loss
 from research.rl.rollout import policy_log_probs
-from research.train.batches import IteratorBatches
-from research.train.evaluators import summed_evaluator
-from research.train.flops import flops_per_token
 from research.train.state import TrainState
 from research.train.task import Task
 from research.train.trainers.lm import model_tokenizer, optimizer_update
-from research.train.trainers.reward_model import preference_batches, preference_spec
+from research.train.trainers.reward_model import preference_task
 
 LOSSES = ("dpo", "orpo")
 
@@ -91,27 +88,14 @@ def build(config, mesh) -> Task:
         return TrainState(step=state.step + 1, params={**state.params, "policy": policy}, opt_state=opt_state), {
             "loss": loss, "learning_rate": schedule(state.step), **metrics}
 
-    def batches(split, num_epochs, seed):
-        return preference_batches(config, tokenizer(), split, num_epochs, seed)
-
     def eval_step(params, batch):
         _, metrics = objective(params, batch)
         accuracy = metrics["reward_accuracy" if method.loss == "dpo" else "accuracy"]
         pairs = jnp.asarray(batch["chosen"].shape[0], jnp.float32)
         return {"preferred": accuracy * pairs, "pairs": pairs}
 
-    def evaluators(shardings):
-        return {name: summed_evaluator(c.every, eval_step, lambda: batches("validation", 1, 0), c.batches, shardings,
-                                       lambda sums: {"accuracy": float(np.asarray(sums["preferred"] / sums["pairs"]))})
-                for name, c in config.evals.items()}
+    def summarize(sums):
+        return {"accuracy": float(np.asarray(sums["preferred"] / sums["pairs"]))}
 
-    matmul_params = count_params(config.model)["active"] - config.model.vocab_size * config.model.dim
-    return Task(
-        init_state=init_state,
-        train_step=train_step,
-        batch_spec=preference_spec(train_cfg.batch_size, train_cfg.seq_len),
-        batches=lambda shardings: IteratorBatches(batches("train", None, config.seed), shardings),
-        evaluators=evaluators,
-        tokens_per_step=2 * train_cfg.batch_size * train_cfg.seq_len,
-        flops_per_token=flops_per_token(config.model, train_cfg.seq_len, matmul_params),
-    )
+    return preference_task(config, tokenizer, init_state=init_state, train_step=train_step, eval_step=eval_step,
+                           summarize=summarize)

@@ -69,6 +69,31 @@ def preference_spec(batch_size: int, seq_len: int) -> dict:
                 "chosen_length", "rejected_length", "prompt_length", "strength", "unsafe")}}
 
 
+def preference_task(config, tokenizer, *, init_state, train_step, eval_step, summarize) -> Task:
+    """The Task of a trainer on preference pairs (reward model, DPO): the pairs of `config.data.preferences`
+    as batches, and each `config.evals` entry summing `eval_step(params, batch)` over held-out pairs into
+    `summarize(sums)`. `tokenizer()` gives the (cached) tokenizer."""
+    train_cfg = config.train
+
+    def batches(split, num_epochs, seed):
+        return preference_batches(config, tokenizer(), split, num_epochs, seed)
+
+    def evaluators(shardings):
+        return {name: summed_evaluator(c.every, eval_step, lambda: batches("validation", 1, 0), c.batches, shardings,
+                                       summarize) for name, c in config.evals.items()}
+
+    matmul_params = count_params(config.model)["active"] - config.model.vocab_size * config.model.dim
+    return Task(
+        init_state=init_state,
+        train_step=train_step,
+        batch_spec=preference_spec(train_cfg.batch_size, train_cfg.seq_len),
+        batches=lambda shardings: IteratorBatches(batches("train", None, config.seed), shardings),
+        evaluators=evaluators,
+        tokens_per_step=2 * train_cfg.batch_size * train_cfg.seq_len,
+        flops_per_token=flops_per_token(config.model, train_cfg.seq_len, matmul_params),
+    )
+
+
 def build(config, mesh) -> Task:
     """The reward-model Task for `config` (configs/rlhf.py:tiny_rm)."""
     rm = config.reward_model
@@ -99,9 +124,6 @@ def build(config, mesh) -> Task:
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), {
             "loss": loss, "learning_rate": schedule(state.step), **metrics}
 
-    def batches(split, num_epochs, seed):
-        return preference_batches(config, tokenizer(), split, num_epochs, seed)
-
     def eval_step(params, batch):
         chosen, rejected = pair_rewards(model, params, batch)
         by_strength = jax.nn.one_hot(batch["strength"], len(STRENGTHS))
@@ -113,17 +135,5 @@ def build(config, mesh) -> Task:
         per_strength = {f"accuracy_{name.split()[0]}": float(c / p) for name, c, p in zip(STRENGTHS, correct, pairs) if p}
         return {"accuracy": float(correct.sum() / max(pairs.sum(), 1)), **per_strength}
 
-    def evaluators(shardings):
-        return {name: summed_evaluator(c.every, eval_step, lambda: batches("validation", 1, 0), c.batches, shardings,
-                                       summarize) for name, c in config.evals.items()}
-
-    matmul_params = count_params(config.model)["active"] - config.model.vocab_size * config.model.dim
-    return Task(
-        init_state=init_state,
-        train_step=train_step,
-        batch_spec=preference_spec(train_cfg.batch_size, train_cfg.seq_len),
-        batches=lambda shardings: IteratorBatches(batches("train", None, config.seed), shardings),
-        evaluators=evaluators,
-        tokens_per_step=2 * train_cfg.batch_size * train_cfg.seq_len,
-        flops_per_token=flops_per_token(config.model, train_cfg.seq_len, matmul_params),
-    )
+    return preference_task(config, tokenizer, init_state=init_state, train_step=train_step, eval_step=eval_step,
+                           summarize=summarize)
