@@ -1,11 +1,13 @@
-"""experiments/reward_margin.py --quick: three reward models, one table."""
+"""experiments/reward_margin.py --quick: three reward models, one table, a verdict per claim."""
 
 from experiments import reward_margin
+from tests.experiments.quick import run_quick
 
 
-def test_quick_run_writes_the_table_of_every_arm(tmp_path):
-    report = reward_margin.main(["--quick", "--steps", "3", "--workdir", str(tmp_path)])
-    assert (tmp_path / "reward_margin.md").read_text() == report
+def test_quick_run_tabulates_every_arm(tmp_path):
+    report, outcome = run_quick("reward_margin", tmp_path)
+    assert [row["margin"] for row in outcome.rows] == list(reward_margin.ARMS)
+    assert all(0 <= value <= 100 for value in outcome.headline.values())
     for arm in reward_margin.ARMS:
-        assert f"| {arm} | " in report
-    assert "Verdict:" in report and "| margin | significantly | better | slightly | negligibly |" in report
+        assert f"| {arm} | " in outcome.markdown
+    assert set(report["headline"]) == {f"{kind}_{arm}" for kind in ("accuracy", "separable") for arm in reward_margin.ARMS}
