@@ -4,7 +4,7 @@ Row r of the batch holds lengths[r] valid cache entries; its t queries sit at po
 lengths[r] − t .. lengths[r] − 1 and query position p sees cache position j when j ≤ p.
 
 Split. The cache is cut into blocks of `block_k` positions, one program per
-(batch row, K/V head, block), all in parallel. Program c computes, for its block's keys only,
+(batch row, K/V heads, block), all in parallel. Program c computes, for its block's keys only,
 
     m_c = rowmax S_c,   ℓ_c = rowsum exp(S_c − m_c),   O_c = exp(S_c − m_c) V_c / ℓ_c,
     L_c = m_c + log ℓ_c                                  (the block's log-sum-exp)
@@ -23,6 +23,14 @@ GQA. The program of K/V head g handles all `group = heads // kv_heads` query hea
 it: their t queries are stacked into one [group·t, d] matrix (padded to a power of two of at
 least 16 rows so Triton and Mosaic can tile the matmuls), so each cache block is read once per
 K/V head. The cache is read in place as [b, S, kv_heads·d] (a free reshape); nothing is copied.
+
+Heads per program. A cache block is the columns of `heads_per_program` consecutive K/V heads, and
+the program walks those heads one after another. Mosaic tiles a block's last dim by 128 lanes
+unless it is whole, so on TPU (and in the interpreter, which follows Mosaic) a program takes the
+fewest heads whose h·d columns are a multiple of 128, or all of them: one head at head_dim 128 or
+256, two at 64, four at 96 (all of them when kv_heads is not a multiple of that). A GPU program
+takes one head. This keeps the cache in place, where a [b, kv_heads, S, d] layout would copy the
+whole cache every step, as much HBM traffic again as the kernel's own read of it.
 
 Backends: the interpreter on CPU, Triton on GPU, Mosaic on TPU (also when a CPU host lowers ahead
 of time for TPU); `_check_tiling` rejects block shapes the target cannot tile.
@@ -54,6 +62,7 @@ class _DecodeTiling:
     block_k: int
     sm_scale: float
     target: str  # "interpret", "gpu" (Triton) or "tpu" (Mosaic)
+    heads_per_program: int  # consecutive K/V heads whose columns one program reads
 
     @property
     def interpret(self):
@@ -71,6 +80,10 @@ class _DecodeTiling:
     @property
     def num_blocks(self):
         return self.cache_len // self.block_k
+
+    @property
+    def num_head_blocks(self):
+        return self.num_kv_heads // self.heads_per_program
 
     @property
     def rows(self):
@@ -103,19 +116,21 @@ def decode_attention(q, k_cache, v_cache, lengths, *, sm_scale=None, block_k=128
     cache_shape = (t.batch, t.cache_len, t.num_kv_heads * t.head_dim)
     row_offsets = (jnp.arange(t.rows_padded, dtype=jnp.int32) % t.num_queries - t.num_queries)[:, None]
     partial_shape = (t.batch, t.num_kv_heads, t.num_blocks, t.rows_padded)
+    heads = t.heads_per_program
+    cache_block = pl.BlockSpec((None, t.block_k, heads * t.head_dim), lambda b, g, c: (b, c, g))
     partial_out, partial_lse = pl.pallas_call(
         functools.partial(_decode_kernel, t=t),
-        grid=(t.batch, t.num_kv_heads, t.num_blocks),
+        grid=(t.batch, t.num_head_blocks, t.num_blocks),
         in_specs=[
             pl.BlockSpec((None, 1, 1), lambda b, g, c: (b, 0, 0)),
             pl.BlockSpec((t.rows_padded, 1), lambda b, g, c: (0, 0)),
-            pl.BlockSpec((None, None, t.rows_padded, t.head_dim), lambda b, g, c: (b, g, 0, 0)),
-            pl.BlockSpec((None, t.block_k, t.head_dim), lambda b, g, c: (b, c, g)),
-            pl.BlockSpec((None, t.block_k, t.head_dim), lambda b, g, c: (b, c, g)),
+            pl.BlockSpec((None, heads, t.rows_padded, t.head_dim), lambda b, g, c: (b, g, 0, 0)),
+            cache_block,
+            cache_block,
         ],
         out_specs=[
-            pl.BlockSpec((None, None, None, t.rows_padded, t.head_dim), lambda b, g, c: (b, g, c, 0, 0)),
-            pl.BlockSpec((None, None, None, t.rows_padded, 1), lambda b, g, c: (b, g, c, 0, 0)),
+            pl.BlockSpec((None, heads, None, t.rows_padded, t.head_dim), lambda b, g, c: (b, g, c, 0, 0)),
+            pl.BlockSpec((None, heads, None, t.rows_padded, 1), lambda b, g, c: (b, g, c, 0, 0)),
         ],
         out_shape=[jax.ShapeDtypeStruct((*partial_shape, t.head_dim), jnp.float32),
                    jax.ShapeDtypeStruct((*partial_shape, 1), jnp.float32)],
@@ -152,10 +167,12 @@ def _make_tiling(q, k_cache, v_cache, lengths, sm_scale, block_k, interpret):
     block_k = min(block_k, cache_len)
     if cache_len % block_k:
         raise ValueError(f"block_k={block_k} must divide the cache length {cache_len}")
+    target = compile_target(interpret)
     tiling = _DecodeTiling(
         batch=batch, num_queries=num_queries, num_heads=num_heads, num_kv_heads=num_kv_heads,
         head_dim=head_dim, cache_len=cache_len, block_k=block_k,
-        sm_scale=float(head_dim ** -0.5 if sm_scale is None else sm_scale), target=compile_target(interpret))
+        sm_scale=float(head_dim ** -0.5 if sm_scale is None else sm_scale), target=target,
+        heads_per_program=_heads_per_program(num_kv_heads, head_dim, target))
     _check_tiling(tiling)
     return tiling
 
@@ -171,9 +188,15 @@ def _check_tiling(t):
         return
     if t.block_k % 8 and t.block_k != t.cache_len:
         raise ValueError(f"block_k={t.block_k}: Mosaic TPU needs a multiple of 8 or the whole cache")
-    if t.head_dim % 128 and t.num_kv_heads > 1:
-        raise ValueError(f"head_dim={t.head_dim}: Mosaic TPU needs a multiple of 128 when there is more "
-                         "than one K/V head (each head is a column block of [b, S, kv_heads·head_dim])")
+
+
+def _heads_per_program(num_kv_heads, head_dim, target):
+    """K/V heads one program reads: one on a GPU; elsewhere the fewest h dividing kv_heads with h·head_dim
+    a multiple of 128 lanes, or all kv_heads (then the block spans the whole last dim)."""
+    if target == "gpu":
+        return 1
+    return next(h for h in range(1, num_kv_heads + 1)
+                if num_kv_heads % h == 0 and (h * head_dim % 128 == 0 or h == num_kv_heads))
 
 
 def _stack_groups(q, t):
@@ -198,24 +221,27 @@ def _merge_splits(partial_out, partial_lse):
 
 
 def _decode_kernel(length_ref, row_offset_ref, q_ref, k_ref, v_ref, out_ref, lse_ref, *, t):
-    """One cache block for one K/V head and its group of query rows: partial softmax O_c and L_c."""
+    """One cache block for `heads_per_program` K/V heads and their groups of query rows: partial
+    softmax O_c and L_c, head by head over the block's column slices."""
     length = length_ref[0, 0]
     kv_start = pl.program_id(2) * t.block_k
 
     @pl.when(kv_start < length)
     def _attend():
-        scores = t.sm_scale * lax.dot_general(q_ref[...], k_ref[...], (((1,), (1,)), ((), ())),
-                                              preferred_element_type=jnp.float32)
         q_pos = length + row_offset_ref[...]
-        kv_pos = kv_start + lax.broadcasted_iota(jnp.int32, scores.shape, 1)
-        scores = jnp.where(kv_pos <= q_pos, scores, -jnp.inf)
-        row_max = scores.max(axis=1, keepdims=True)
-        probs = jnp.exp(scores - jnp.where(row_max == -jnp.inf, 0.0, row_max))
-        row_sum = probs.sum(axis=1, keepdims=True)
-        v = v_ref[...]
-        out = jnp.dot(probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
-        out_ref[...] = out / jnp.where(row_sum > 0, row_sum, 1.0)
-        lse_ref[...] = row_max + jnp.log(row_sum)
+        for head in range(t.heads_per_program):
+            columns = slice(head * t.head_dim, (head + 1) * t.head_dim)
+            scores = t.sm_scale * lax.dot_general(q_ref[head], k_ref[:, columns], (((1,), (1,)), ((), ())),
+                                                  preferred_element_type=jnp.float32)
+            kv_pos = kv_start + lax.broadcasted_iota(jnp.int32, scores.shape, 1)
+            scores = jnp.where(kv_pos <= q_pos, scores, -jnp.inf)
+            row_max = scores.max(axis=1, keepdims=True)
+            probs = jnp.exp(scores - jnp.where(row_max == -jnp.inf, 0.0, row_max))
+            row_sum = probs.sum(axis=1, keepdims=True)
+            v = v_ref[:, columns]
+            out = jnp.dot(probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+            out_ref[head] = out / jnp.where(row_sum > 0, row_sum, 1.0)
+            lse_ref[head] = row_max + jnp.log(row_sum)
 
     @pl.when(kv_start >= length)
     def _skip():

@@ -36,12 +36,21 @@ Key blocks that no query of the block can see are never visited (causal skipping
 every query sees in full run without building a mask. A row with no visible key has ℓ = 0; it
 yields O = 0 and L = −inf, and its recomputed P is 0, so no NaN appears anywhere.
 
-Layout. [b, s, heads, d] arrays are viewed, for free, as [b, s, heads·d]; a kernel block is the
-d columns of one head, so no transposes are needed. Grouped-query attention: query head n reads
-the K/V columns of head n // group through the index map, so K and V are never repeated. dK and
-dV are produced per query head (float32 when group > 1) and summed over each group afterwards,
-as FlashAttention-2 does. Inputs may be float32 or bfloat16; all softmax statistics and matmul
-accumulations are float32 and the output has the input's dtype.
+Layout. A kernel block is one head's d columns of a block of sequence positions. Where that is
+a legal tile, [b, s, heads, d] arrays are viewed, for free, as [b, s, heads·d] and a block is a
+column block of it; Mosaic tiles a block's last two dims by (8, 128) unless a dim is whole, so on
+TPU with head_dim not a multiple of 128 (64, 96, ...) the wrapper transposes to [b, heads, s, d],
+where the block's last dim is the whole head_dim (`_Tiling.heads_major`; the interpreter follows
+Mosaic, Triton has no such rule and keeps the free view). That costs one HBM read and write of
+q, k, v and out going in and of dO, dq, dk, dv coming back, O(s·d) per head against the kernels'
+O(s²·d); behind the q/k/v/o projections XLA folds most of them into the matmuls' layouts (compiled
+for v5p, seq 4096, width 1024, forward and backward: 1.4% more bytes outside the kernels at
+head_dim 64 than at 128).
+
+Grouped-query attention: query head n reads the K/V head n // group through the index map, so K
+and V are never repeated. dK and dV are produced per query head (float32 when group > 1) and
+summed over each group afterwards, as FlashAttention-2 does. Inputs may be float32 or bfloat16;
+all softmax statistics and matmul accumulations are float32 and the output has the input's dtype.
 
 Launch order. Every kernel's grid is (batch, head, block) with the block innermost, which Mosaic
 walks in order. On a GPU the backward kernels launch as (block, batch, head), block fastest, and
@@ -49,8 +58,9 @@ the dQ kernel takes causal query blocks longest first (`_Tiling.grid`, `GPU_LAUN
 
 Backends. On CPU the kernels run in interpret mode. Compiled, they target Triton on GPU and
 Mosaic on TPU (also when a CPU host lowers ahead of time for TPU). The block shapes follow
-Mosaic's rule (last two block dims multiples of (8, 128) or the full array dims) and Triton's
-(tiles that are powers of two of at least 16); `_check_tiling` rejects what the target cannot tile.
+Mosaic's rule (last two block dims multiples of (8, 128) or the full array dims, hence the layout
+above) and Triton's (tiles that are powers of two of at least 16); `_check_tiling` rejects what the
+target cannot tile.
 A program holds one head's whole K/V (forward, dQ) or Q/dO (dK/dV) sequence in fast memory: on TPU
 the kernels raise Mosaic's scoped VMEM limit to what their blocks need (`mosaic_vmem_bytes`), so
 with head_dim 128 one chip's VMEM holds sequences up to about 48k tokens on v5p (64 MiB) and 96k on
@@ -103,6 +113,13 @@ class _Tiling:
     @property
     def interpret(self):
         return self.target == "interpret"
+
+    @property
+    def heads_major(self):
+        """Whether the kernels see [b, heads, s, d] (a transpose) instead of the free view [b, s, heads·d]:
+        on Mosaic (and the interpreter, which follows it) when one head's d columns are not a whole
+        number of 128-lane tiles."""
+        return self.target != "gpu" and self.head_dim % 128 != 0
 
     def compiler_params(self, kernel: str, blocks):
         """The compiler's parameters for `kernel`, whose blocks are `blocks` [(block_shape, dtype)].
@@ -267,10 +284,10 @@ def flash_attention_backward(q, k, v, out, lse, d_out, *, causal=False, q_segmen
         if x.shape != shape:
             raise ValueError(f"{name} must have shape {shape}, got {x.shape}")
     t = _make_tiling(q, k, has_segments, causal, sm_scale, block_q, block_k, interpret)
-    q_cols, k_cols, v_cols = _to_columns(q, t.q_len_padded), _to_columns(k, t.kv_len_padded), \
-        _to_columns(v, t.kv_len_padded)
-    residuals = (q_cols, k_cols, v_cols, q_segment_ids, kv_segment_ids, _to_columns(out, t.q_len_padded),
-                 _lse_to_kernel(lse, t))
+    q_blocked, k_blocked, v_blocked = (_to_blocked(x, length, t) for x, length in
+                                       ((q, t.q_len_padded), (k, t.kv_len_padded), (v, t.kv_len_padded)))
+    residuals = (q_blocked, k_blocked, v_blocked, q_segment_ids, kv_segment_ids,
+                 _to_blocked(out, t.q_len_padded, t), _lse_to_kernel(lse, t))
     dq, dk, dv, _, _ = _backward(t, residuals, (d_out, None))
     return dq, dk, dv
 
@@ -344,9 +361,6 @@ def _check_tiling(t):
     for name, size in (("block_q", t.block_q), ("block_k", t.block_k)):
         if size % 8:
             raise ValueError(f"{name}={size}: Mosaic TPU needs blocks that are multiples of 8")
-    if t.head_dim % 128 and t.num_heads > 1:
-        raise ValueError(f"head_dim={t.head_dim}: Mosaic TPU needs a multiple of 128 when there is more "
-                         "than one head (each head is a column block of [b, s, heads·head_dim])")
 
 
 def mosaic_vmem_bytes(blocks, block_q: int, block_k: int, head_dim: int) -> int:
@@ -374,54 +388,54 @@ def _flash_attention(q, k, v, q_segment_ids, kv_segment_ids, tiling):
 
 def _forward(q, k, v, q_segment_ids, kv_segment_ids, t):
     """Runs the forward kernel; returns (out, lse) and the residuals of the backward pass."""
-    q_cols = _to_columns(q, t.q_len_padded)
-    k_cols = _to_columns(k, t.kv_len_padded)
-    v_cols = _to_columns(v, t.kv_len_padded)
+    q_blocked = _to_blocked(q, t.q_len_padded, t)
+    k_blocked = _to_blocked(k, t.kv_len_padded, t)
+    v_blocked = _to_blocked(v, t.kv_len_padded, t)
     segments_for_q = _segment_inputs(q_segment_ids, kv_segment_ids, t, for_kv_blocks=False)
     specs = _BlockSpecs(t, "forward")
-    out_cols, lse = _pallas_call(
+    out_blocked, lse = _pallas_call(
         _forward_kernel, t, "forward", t.num_q_blocks,
         in_specs=[specs.q_block, specs.kv_all, specs.kv_all, *specs.segments_for_q_block],
         out_specs=[specs.q_block, specs.stats_block],
-        out_shape=[jax.ShapeDtypeStruct(q_cols.shape, q.dtype),
+        out_shape=[jax.ShapeDtypeStruct(q_blocked.shape, q.dtype),
                    jax.ShapeDtypeStruct((t.batch, t.num_heads, t.q_len_padded, 1), jnp.float32)],
-    )(q_cols, k_cols, v_cols, *segments_for_q)
-    outputs = (_from_columns(out_cols, t.q_len, t.num_heads), _lse_from_kernel(lse, t))
-    return outputs, (q_cols, k_cols, v_cols, q_segment_ids, kv_segment_ids, out_cols, lse)
+    )(q_blocked, k_blocked, v_blocked, *segments_for_q)
+    outputs = (_from_blocked(out_blocked, t.q_len, t), _lse_from_kernel(lse, t))
+    return outputs, (q_blocked, k_blocked, v_blocked, q_segment_ids, kv_segment_ids, out_blocked, lse)
 
 
 def _backward(t, residuals, cotangents):
     """Runs the dQ and dK/dV kernels; returns (dq, dk, dv) shaped like (q, k, v), and no cotangents
     for the integer segment ids. A cotangent dL of the log-sum-exp enters as D − dL."""
-    q_cols, k_cols, v_cols, q_segment_ids, kv_segment_ids, out_cols, lse = residuals
+    q_blocked, k_blocked, v_blocked, q_segment_ids, kv_segment_ids, out_blocked, lse = residuals
     d_out, d_lse = cotangents
     segments_for_q = _segment_inputs(q_segment_ids, kv_segment_ids, t, for_kv_blocks=False)
     segments_for_kv = _segment_inputs(q_segment_ids, kv_segment_ids, t, for_kv_blocks=True)
-    d_out_cols = _to_columns(d_out, t.q_len_padded)
-    delta = _row_dot(out_cols, d_out_cols, t)
+    d_out_blocked = _to_blocked(d_out, t.q_len_padded, t)
+    delta = _row_dot(out_blocked, d_out_blocked, t)
     if d_lse is not None:
         delta = delta - _lse_to_kernel(d_lse, t)
     specs = _BlockSpecs(t, "dq")
-    dq_cols = _pallas_call(
+    dq_blocked = _pallas_call(
         _dq_kernel, t, "dq", t.num_q_blocks,
         in_specs=[specs.q_block, specs.kv_all, specs.kv_all, specs.q_block, specs.stats_block,
                   specs.stats_block, *specs.segments_for_q_block],
         out_specs=specs.q_block,
-        out_shape=jax.ShapeDtypeStruct(q_cols.shape, q_cols.dtype),
-    )(q_cols, k_cols, v_cols, d_out_cols, lse, delta, *segments_for_q)
-    partial_dtype = k_cols.dtype if t.group == 1 else jnp.float32
-    partial_shape = (t.batch, t.kv_len_padded, t.num_heads * t.head_dim)
+        out_shape=jax.ShapeDtypeStruct(q_blocked.shape, q_blocked.dtype),
+    )(q_blocked, k_blocked, v_blocked, d_out_blocked, lse, delta, *segments_for_q)
+    partial_dtype = k_blocked.dtype if t.group == 1 else jnp.float32
+    partial_shape = _blocked_shape(t, t.kv_len_padded, t.num_heads)
     specs = _BlockSpecs(t, "dkdv")
-    dk_cols, dv_cols = _pallas_call(
+    dk_blocked, dv_blocked = _pallas_call(
         _dkdv_kernel, t, "dkdv", t.num_kv_blocks,
         in_specs=[specs.q_all, specs.kv_block, specs.kv_block, specs.q_all, specs.stats_rows,
                   specs.stats_rows, *specs.segments_for_kv_block],
         out_specs=[specs.kv_block_per_query_head, specs.kv_block_per_query_head],
         out_shape=[jax.ShapeDtypeStruct(partial_shape, partial_dtype)] * 2,
-    )(q_cols, k_cols, v_cols, d_out_cols, _as_rows(lse, t), _as_rows(delta, t), *segments_for_kv)
-    dq = _from_columns(dq_cols, t.q_len, t.num_heads)
-    dk = _sum_over_groups(dk_cols, t).astype(k_cols.dtype)
-    dv = _sum_over_groups(dv_cols, t).astype(v_cols.dtype)
+    )(q_blocked, k_blocked, v_blocked, d_out_blocked, _as_rows(lse, t), _as_rows(delta, t), *segments_for_kv)
+    dq = _from_blocked(dq_blocked, t.q_len, t)
+    dk = _sum_over_groups(dk_blocked, t).astype(k_blocked.dtype)
+    dv = _sum_over_groups(dv_blocked, t).astype(v_blocked.dtype)
     return dq, dk, dv, None, None
 
 
@@ -449,23 +463,31 @@ class _BlockSpecs:
     kernel's grid order (`_Tiling.grid`). The forward and dQ kernels own a query block i and use the
     specs with i, the dK/dV kernel owns a key block j and uses those with j.
 
-    Per-query statistics (L, D) and segment ids come as a column [len, 1] for the block a program
-    owns, and as rows [num_blocks, block] (a free reshape) for the blocks a program loops over.
+    Blocks of q, k, v and their kin are `rows` sequence positions of one head's d columns, in the
+    kernels' layout (`_to_blocked`). Per-query statistics (L, D) and segment ids come as a column
+    [len, 1] for the block a program owns, and as rows [num_blocks, block] (a free reshape) for the
+    blocks a program loops over.
     """
 
     def __init__(self, t, kernel):
-        d, group = t.head_dim, t.group
+        group = t.group
 
         def spec(shape, index_map):
             """A BlockSpec whose index_map takes (batch, head, block), whatever the grid's order."""
             return pl.BlockSpec(shape, lambda *ids: index_map(*t.grid_indices(*ids, kernel=kernel)))
 
-        self.q_block = spec((None, t.block_q, d), lambda b, n, i: (b, i, n))
-        self.kv_all = spec((None, t.kv_len_padded, d), lambda b, n, i: (b, 0, lax.div(n, group)))
+        def head_rows(rows, index_map):
+            """Blocks of `rows` positions × one head's columns; index_map gives (batch, row block, head)."""
+            if not t.heads_major:
+                return spec((None, rows, t.head_dim), index_map)
+            return spec((None, None, rows, t.head_dim), lambda *ids: _heads_major_index(*index_map(*ids)))
+
+        self.q_block = head_rows(t.block_q, lambda b, n, i: (b, i, n))
+        self.kv_all = head_rows(t.kv_len_padded, lambda b, n, i: (b, 0, lax.div(n, group)))
         self.stats_block = spec((None, None, t.block_q, 1), lambda b, n, i: (b, n, i, 0))
-        self.q_all = spec((None, t.q_len_padded, d), lambda b, n, j: (b, 0, n))
-        self.kv_block = spec((None, t.block_k, d), lambda b, n, j: (b, j, lax.div(n, group)))
-        self.kv_block_per_query_head = spec((None, t.block_k, d), lambda b, n, j: (b, j, n))
+        self.q_all = head_rows(t.q_len_padded, lambda b, n, j: (b, 0, n))
+        self.kv_block = head_rows(t.block_k, lambda b, n, j: (b, j, lax.div(n, group)))
+        self.kv_block_per_query_head = head_rows(t.block_k, lambda b, n, j: (b, j, n))
         self.stats_rows = spec((None, None, t.num_q_blocks, t.block_q), lambda b, n, j: (b, n, 0, 0))
         q_ids_block = spec((None, t.block_q, 1), lambda b, n, i: (b, i, 0))
         kv_ids_rows = spec((None, t.num_kv_blocks, t.block_k), lambda b, n, i: (b, 0, 0))
@@ -475,23 +497,40 @@ class _BlockSpecs:
         self.segments_for_kv_block = [kv_ids_block, q_ids_rows] if t.has_segments else []
 
 
-def _to_columns(x, padded_len):
-    """[b, s, heads, d] -> [b, padded_len, heads·d], zero-padding the sequence."""
+def _heads_major_index(batch, row_block, head):
+    """Block index in [b, heads, s, d] of the block at (batch, row block, head)."""
+    return batch, head, row_block, 0
+
+
+def _blocked_shape(t, length, heads):
+    """Shape of `heads` heads of `length` positions in the kernels' layout."""
+    if t.heads_major:
+        return (t.batch, heads, length, t.head_dim)
+    return (t.batch, length, heads * t.head_dim)
+
+
+def _to_blocked(x, padded_len, t):
+    """[b, s, heads, d] -> the kernels' layout, zero-padding the sequence: [b, heads, padded_len, d]
+    (a transpose) when `t.heads_major`, else [b, padded_len, heads·d] (a free reshape)."""
     batch, seq_len, heads, head_dim = x.shape
     x = jnp.pad(x, ((0, 0), (0, padded_len - seq_len), (0, 0), (0, 0)))
+    if t.heads_major:
+        return x.transpose(0, 2, 1, 3)
     return x.reshape(batch, padded_len, heads * head_dim)
 
 
-def _from_columns(x, seq_len, heads):
-    """[b, padded_len, heads·d] -> [b, seq_len, heads, d]."""
+def _from_blocked(x, seq_len, t):
+    """Inverse of `_to_blocked`: the kernels' layout -> [b, seq_len, heads, d]."""
+    if t.heads_major:
+        return x.transpose(0, 2, 1, 3)[:, :seq_len]
     batch, padded_len, width = x.shape
-    return x.reshape(batch, padded_len, heads, width // heads)[:, :seq_len]
+    return x.reshape(batch, padded_len, width // t.head_dim, t.head_dim)[:, :seq_len]
 
 
 def _sum_over_groups(x, t):
-    """Per-query-head dK or dV [b, padded_len, heads·d] -> [b, kv_len, kv_heads, d], summing each group."""
-    grouped = x.reshape(t.batch, t.kv_len_padded, t.num_kv_heads, t.group, t.head_dim)
-    return grouped.sum(axis=3, dtype=jnp.float32)[:, :t.kv_len]
+    """Per-query-head dK or dV in the kernels' layout -> [b, kv_len, kv_heads, d], summing each group."""
+    grouped = _from_blocked(x, t.kv_len, t).reshape(t.batch, t.kv_len, t.num_kv_heads, t.group, t.head_dim)
+    return grouped.sum(axis=3, dtype=jnp.float32)
 
 
 def _segment_inputs(q_segment_ids, kv_segment_ids, t, for_kv_blocks):
@@ -526,11 +565,13 @@ def _as_rows(stats, t):
     return stats.reshape(t.batch, t.num_heads, t.num_q_blocks, t.block_q)
 
 
-def _row_dot(out_cols, d_out_cols, t):
+def _row_dot(out_blocked, d_out_blocked, t):
     """D = rowsum(dO ∘ O) per query and head, float32 [b, heads, q_len_padded, 1]."""
-    shape = (t.batch, t.q_len_padded, t.num_heads, t.head_dim)
-    product = out_cols.reshape(shape).astype(jnp.float32) * d_out_cols.reshape(shape).astype(jnp.float32)
-    return product.sum(axis=-1).transpose(0, 2, 1)[..., None]
+    product = out_blocked.astype(jnp.float32) * d_out_blocked.astype(jnp.float32)
+    if t.heads_major:
+        return product.sum(axis=-1, keepdims=True)
+    per_head = product.reshape(t.batch, t.q_len_padded, t.num_heads, t.head_dim).sum(axis=-1)
+    return per_head.transpose(0, 2, 1)[..., None]
 
 
 def _forward_kernel(*refs, t):

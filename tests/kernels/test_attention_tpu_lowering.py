@@ -2,9 +2,10 @@
 
 `jax.experimental.topologies.get_topology_desc` describes a one-chip slice through libtpu; abstract
 arguments placed on its device make `jit(...).lower(...).compile()` run the real TPU compiler, also
-with JAX_PLATFORMS=cpu (tests/conftest.py). Shapes: seq 4096, head_dim 128, bfloat16. Each Pallas
-kernel becomes one `tpu_custom_call` (a Mosaic kernel) in the compiled program, so counting them shows
-that every kernel was lowered by Mosaic and none fell back to interpret mode.
+with JAX_PLATFORMS=cpu (tests/conftest.py). Shapes: bfloat16; every common head_dim (64, 96, 128, 256)
+at seq 256, and head_dim 128 at seq 4096 and longer. Each Pallas kernel becomes one `tpu_custom_call`
+(a Mosaic kernel) in the compiled program, so counting them shows that every kernel was lowered by
+Mosaic and none fell back to interpret mode.
 """
 import importlib.util
 
@@ -29,6 +30,7 @@ from research.models.layers import attention
 from research.parallel.mesh import make_mesh
 
 SEQ, HEAD_DIM = 4096, 128
+SHORT_SEQ, HEAD_DIMS = 256, (64, 96, 128, 256)
 ONE_CHIP = {"v5e": "v5e:1x1", "v5p": "v5p:1x1x1"}
 MOSAIC_KERNEL = 'custom_call_target="tpu_custom_call"'
 
@@ -48,23 +50,33 @@ def on_chip(chip, *shapes_and_dtypes):
     return [jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for shape, dtype in shapes_and_dtypes]
 
 
+def mosaic_kernel_lines(fn, *args):
+    """Compiles fn for the args' TPU device; returns the lines of the program that call a Mosaic kernel."""
+    return [line for line in jax.jit(fn).lower(*args).compile().as_text().splitlines() if MOSAIC_KERNEL in line]
+
+
 def mosaic_kernels(fn, *args):
-    """Compiles fn for the args' TPU device; returns the number of Mosaic kernels in the program."""
-    return jax.jit(fn).lower(*args).compile().as_text().count(MOSAIC_KERNEL)
+    """The number of Mosaic kernels in fn's program compiled for the args' TPU device."""
+    return len(mosaic_kernel_lines(fn, *args))
 
 
 @pytest.mark.parametrize("chip", ["v5e", "v5p"])
-def test_flash_attention_forward_and_backward_compile_with_mosaic(chip):
-    """Causal, packed (segment ids), 4 query heads over 2 K/V heads: forward, dQ and dK/dV kernels."""
-    q, kv, ids = on_chip(chip, ((1, SEQ, 4, HEAD_DIM), jnp.bfloat16), ((1, SEQ, 2, HEAD_DIM), jnp.bfloat16),
-                         ((1, SEQ), jnp.int32))
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_flash_attention_forward_and_backward_compile_with_mosaic(chip, head_dim):
+    """Causal, packed (segment ids), 4 query heads over 2 K/V heads: forward, dQ and dK/dV kernels, on
+    [b, heads, s, d] when head_dim is not a multiple of 128 and on [b, s, heads·d] when it is."""
+    q, kv, ids = on_chip(chip, ((1, SHORT_SEQ, 4, head_dim), jnp.bfloat16),
+                         ((1, SHORT_SEQ, 2, head_dim), jnp.bfloat16), ((1, SHORT_SEQ), jnp.int32))
 
     def gradients(q, k, v, ids):
         def loss(*qkv):
             return flash_attention(*qkv, causal=True, segment_ids=ids, interpret=False).sum(dtype=jnp.float32)
         return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
 
-    assert mosaic_kernels(gradients, q, kv, kv, ids) == 3
+    kernels = mosaic_kernel_lines(gradients, q, kv, kv, ids)
+    layout = f"[1,4,{SHORT_SEQ},{head_dim}]" if head_dim % 128 else f"[1,{SHORT_SEQ},{4 * head_dim}]"
+    assert len(kernels) == 3
+    assert all(layout in line for line in kernels)
 
 
 @pytest.mark.parametrize("chip, seq", [("v5e", 16384), ("v5p", 16384), ("v5e", 65536)])
@@ -105,15 +117,18 @@ def test_flash_blocks_of_ring_attention_compile_with_mosaic():
 
 
 @pytest.mark.parametrize("chip", ["v5e", "v5p"])
-def test_decode_attention_compiles_with_mosaic(chip):
-    """One new token per row, 8 query heads over 2 K/V heads, against a 4096-entry cache."""
-    q, cache, lengths = on_chip(chip, ((4, 1, 8, HEAD_DIM), jnp.bfloat16), ((4, SEQ, 2, HEAD_DIM), jnp.bfloat16),
-                                ((4,), jnp.int32))
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_decode_attention_compiles_with_mosaic(chip, head_dim):
+    """One new token per row, 8 query heads over 4 K/V heads, against a 256-entry cache read in place;
+    a program reads 2 K/V heads at head_dim 64, all 4 at 96, one at 128 and 256."""
+    q, cache, lengths = on_chip(chip, ((4, 1, 8, head_dim), jnp.bfloat16),
+                                ((4, SHORT_SEQ, 4, head_dim), jnp.bfloat16), ((4,), jnp.int32))
 
     def decode(q, k, v, lengths):
         return decode_attention(q, k, v, lengths, interpret=False)
 
-    assert mosaic_kernels(decode, q, cache, cache, lengths) == 1
+    [kernel] = mosaic_kernel_lines(decode, q, cache, cache, lengths)
+    assert f"bf16[4,{SHORT_SEQ},{4 * head_dim}]" in kernel  # the cache as a free view, not a transposed copy
 
 
 @pytest.mark.parametrize("impl, axes, global_q, local_q", [

@@ -39,6 +39,8 @@ SWEEP = [
     Case(3, 3, 8, 2, 64, 128, 32, (0, 2, 100), F32),  # a row that sees nothing, one shorter than t
     Case(1, 4, 6, 3, 32, 48, 16, (17,), BF16),  # length just past a block boundary
     Case(2, 2, 8, 8, 128, 256, 64, (256, 129), BF16),  # multi-head, head_dim 128
+    Case(1, 2, 8, 8, 96, 64, 32, (50,), BF16),  # head_dim 96: programs of 4 K/V heads (384 lanes), 2 per row
+    Case(2, 1, 4, 2, 256, 64, 32, (33, 64), F32),  # head_dim 256
     Case(1, 1, 7, 1, 64, 96, 32, (64,), F32),  # multi-query, length on a block boundary
     Case(3, 1, 1, 1, 32, 40, 128, (1, 39, 40), F32),  # block clipped to the whole cache
 ]
@@ -132,7 +134,6 @@ def test_bad_input_raises_value_error(make_call, message):
 
 
 @pytest.mark.parametrize("backend, block_k, head_dim, message", [
-    ("cpu", 128, 64, "head_dim=64: Mosaic TPU"),
     ("tpu", 4, 128, "block_k=4: Mosaic TPU"),
     ("gpu", 8, 64, "block_k=8: Triton"),
     ("gpu", 64, 48, "head_dim=48: Triton"),
