@@ -4,6 +4,15 @@ Variants: `tiny` (trains on the bundled CPython docs in minutes on a CPU), `100m
 (a ~100M-parameter benchmark shape), and Meta's `7b`, `13b`, `70b` with the paper's
 pretraining recipe (AdamW .9/.95, eps 1e-5, wd 0.1, 2000 warmup steps, cosine to 10%,
 clip 1.0, 4096 context). Pick one with `configs/llama2.py:7b` or `:variant=7b`.
+
+Layout. The full-size variants (and the configs built on them: seed_thinking, chameleon) shard
+parameters, gradients and optimizer state over every chip (`mesh.fsdp=-1`, MaxText's
+`ici_fsdp_parallelism=-1`) and take one sequence per chip per micro-step
+(`train.micro_batch_per_device=1`), accumulating the 1024-sequence batch over 1024 / chips
+micro-batches: the least activation memory, so the same config fits any slice large enough for
+its state (LLaMA-2 7B from v5p-8 up; experiments/results/pod_fit.md). `python -m scripts.aot_compile
+--search` finds faster layouts for a given slice. The small variants keep pure data parallelism
+and one micro-batch.
 """
 
 import ml_collections
@@ -11,6 +20,7 @@ from ml_collections import config_dict
 
 from research.config import parse_arg
 
+FULL_SIZE = ("7b", "13b", "70b")
 MODELS = {
     # name: (dim, layers, heads, kv_heads, hidden_dim, ffn_dim_multiplier, multiple_of, vocab, max_seq_len)
     "tiny": (256, 4, 4, 2, 688, None, 256, 4096, 1024),
@@ -26,7 +36,7 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
     if variant not in MODELS:
         raise ValueError(f"unknown llama2 variant {variant!r}; known: {sorted(MODELS)}")
     dim, layers, heads, kv_heads, hidden, multiplier, multiple_of, vocab, max_len = MODELS[variant]
-    full_size = variant in ("7b", "13b", "70b")
+    full_size = variant in FULL_SIZE
     return ml_collections.ConfigDict(dict(
         family="llama", vocab_size=vocab, dim=dim, num_layers=layers, num_heads=heads, num_kv_heads=kv_heads,
         hidden_dim=config_dict.placeholder(int) if hidden is None else hidden,
@@ -40,6 +50,7 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = parse_arg(arg, variant="tiny")
     tiny = args.variant == "tiny"
+    full_size = args.variant in FULL_SIZE
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.trainer = "lm"
@@ -58,6 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         batch_size=8 if tiny else 1024,  # 1024 x 4096 = 4M tokens, the paper's batch
         seq_len=256 if tiny else config.model.max_seq_len,
         grad_accum_steps=1,
+        micro_batch_per_device=1 if full_size else 0,  # > 0: grad_accum_steps = batch / (this × batch shards)
         log_every=10 if tiny else 100,
         eval_every=100 if tiny else 2000,
         eval_batches=8 if tiny else 100,
@@ -86,7 +98,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         mu_dtype=config_dict.placeholder(str),
     ))
     # context > 1 adds a `context` axis that splits sequences (research/parallel/mesh.py)
-    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1, context=1))
+    config.mesh = ml_collections.ConfigDict(dict(data=1 if full_size else -1, fsdp=-1 if full_size else 1, tensor=1,
+                                                 expert=1, context=1))
     config.parallel = ml_collections.ConfigDict(dict(grad_reduce="auto"))  # research/parallel/grad_sync.py
     config.distributed = ml_collections.ConfigDict(dict(
         coordinator_address=config_dict.placeholder(str),

@@ -64,6 +64,12 @@ def validate_train(train) -> None:
     require(accum >= 1, "train.grad_accum_steps", f"must be >= 1, got {accum}")
     require(train.batch_size % accum == 0, "train.grad_accum_steps",
             f"batch_size {train.batch_size} is not divisible by grad_accum_steps {accum}")
+    per_device = train.get("micro_batch_per_device", 0)
+    require(per_device >= 0, "train.micro_batch_per_device", f"must be >= 0 (0 = grad_accum_steps decides), got "
+            f"{per_device}")
+    require(not per_device or accum == 1, "train.micro_batch_per_device",
+            f"{per_device} derives the micro-batches from the device count; it excludes train.grad_accum_steps "
+            f"{accum} (set one of them)")
 
 
 def validate_mesh(mesh) -> None:

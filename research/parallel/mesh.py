@@ -6,6 +6,12 @@ sharding of heads and the FFN width), `expert` (experts of a mixture). A size of
 the devices the other axes leave. The batch is split over `data` × `fsdp` × `expert` (outside
 the experts, the expert axis is one more data axis).
 
+Micro-batches: a step of B sequences over S = data × fsdp × expert batch shards accumulates
+`accumulation_steps` micro-batches: `train.grad_accum_steps` as given, or, with
+`train.micro_batch_per_device` = m > 0 (rows per batch shard per micro-step; the chips of one
+`tensor` group share their rows), B / (m · S), so one config fits any slice size (MaxText's
+per-device batch).
+
 `context` (context parallelism: the sequence split over devices, as ring attention in
 research/parallel/ring_attention.py needs) is an axis only when `config.mesh.context` is not 1;
 it then sits between `fsdp` and `tensor` (ring neighbours close together), the logical axis
@@ -13,6 +19,7 @@ it then sits between `fsdp` and `tensor` (ring neighbours close together), the l
 """
 
 import math
+from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
@@ -63,6 +70,26 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, ...]:
         raise ValueError(f"config.mesh {dict(zip(axes, sizes))} needs {math.prod(sizes)} devices, "
                          f"but {num_devices} are available")
     return tuple(sizes)
+
+
+def batch_shards(mesh_sizes: Mapping[str, int]) -> int:
+    """How many ways a batch's rows are split: data × fsdp × expert (absent axes count 1)."""
+    return math.prod(mesh_sizes.get(axis, 1) for axis in ("data", "fsdp", "expert"))
+
+
+def accumulation_steps(train_config, mesh_sizes: Mapping[str, int]) -> int:
+    """Micro-batches per step: B / (m · S) with m = `train.micro_batch_per_device` > 0 (module
+    docstring), else `train.grad_accum_steps` (default 1). A ValueError names the fields when m · S
+    does not divide B."""
+    per_device = train_config.get("micro_batch_per_device", 0)
+    if not per_device:
+        return train_config.get("grad_accum_steps", 1)
+    rows = per_device * batch_shards(mesh_sizes)
+    if train_config.batch_size % rows:
+        raise ValueError(f"config fields train.batch_size and train.micro_batch_per_device: a batch of "
+                         f"{train_config.batch_size} sequences is no whole number of micro-batches of "
+                         f"{per_device} sequence(s) × {batch_shards(mesh_sizes)} batch shards (data × fsdp × expert)")
+    return train_config.batch_size // rows
 
 
 def make_mesh(mesh_config, devices=None) -> Mesh:

@@ -30,12 +30,17 @@ estimate needs a layered model (`config.model.num_layers`, `scan_layers`, `remat
     step  = u(L) + M·(o + L·(b + q))
 
 (with the layers unrolled in the config, or one layer, C holds every layer: step = u + M·(C − u)).
-Roofline (an estimate; ICI collectives and their overlap are not modelled):
+M is `research.parallel.mesh.accumulation_steps` on the slice's mesh. Each cost has three parts,
+all rebuilt so: FLOPs, HBM bytes (XLA's cost analysis) and the bytes each chip sends over ICI in
+collectives (research/tools/hlo_collectives.py, from the compiled HLO). The roofline
+(research/tools/roofline.py) sets compute, HBM and ICI times side by side:
 
-    t = max(FLOPs / peak FLOP/s, bytes / HBM bandwidth),  MFU = model FLOPs / (t · peak)
+    t = max(FLOPs / peak, HBM bytes / HBM bandwidth[, ICI bytes / ICI bandwidth]),
+    MFU = model FLOPs / (t · peak)
 
 with model FLOPs = the Task's `flops_per_token` × `tokens_per_step` (for LM training
-`research.train.flops.flops_per_token`: 6·N + attention).
+`research.train.flops.flops_per_token`: 6·N + attention). One slice only: multi-slice layouts
+(DCN between slices) are not compiled here.
 """
 
 import dataclasses
@@ -54,7 +59,9 @@ from jax.sharding import Mesh
 from pallas_kernels.compile_target import lowering_for
 from research.config import unfrozen
 from research.optim import make_optimizer
-from research.parallel.mesh import make_mesh, mesh_axes, mesh_shape
+from research.parallel.mesh import accumulation_steps, batch_shards, make_mesh, mesh_axes, mesh_shape
+from research.tools.hlo_collectives import collective_bytes
+from research.tools.roofline import Roofline
 from research.train.flops import peak_flops_of
 from research.train.step import jit_train_step, step_layout
 from research.train.task import Task, build_task
@@ -68,7 +75,11 @@ class TpuGeneration:
     """What a Cloud slice name implies about its chips.
 
     `cores_per_name_unit`: TensorCores the name's number counts per chip (v4-8 is 4 chips).
-    HBM capacity and bandwidth per chip from Google Cloud's TPU system-architecture pages.
+    HBM capacity and bandwidth per chip from Google Cloud's TPU system-architecture pages
+    (cloud.google.com/tpu/docs/v4, v5p, v5e, v6e); `ici_bytes_per_s` is half the "bidirectional
+    inter-chip interconnect bandwidth per chip" of the same pages (v5p 1200 GB/s, v5e 400 GB/s,
+    v6e 800 GB/s): what a chip can send while it receives as much. The v4 page states no per-chip
+    ICI figure, so v4 has none (NaN: no ICI time is estimated).
     """
 
     prefix: str  # topology_name prefix for `get_topology_desc`
@@ -78,13 +89,14 @@ class TpuGeneration:
     hbm_bytes: int
     hbm_bytes_per_s: float
     max_chips: int
+    ici_bytes_per_s: float
 
 
 GENERATIONS = {
-    "v4": TpuGeneration("v4", 3, 2, "megacore", 32 * GiB, 1200e9, 4096),
-    "v5p": TpuGeneration("v5p", 3, 2, "megacore", 95 * GiB, 2765e9, 4096),
-    "v5e": TpuGeneration("v5e", 2, 1, "default", 16 * GiB, 819e9, 256),
-    "v6e": TpuGeneration("v6e", 2, 1, "default", 32 * GiB, 1640e9, 256),
+    "v4": TpuGeneration("v4", 3, 2, "megacore", 32 * GiB, 1200e9, 4096, math.nan),
+    "v5p": TpuGeneration("v5p", 3, 2, "megacore", 95 * GiB, 2765e9, 4096, 600e9),
+    "v5e": TpuGeneration("v5e", 2, 1, "default", 16 * GiB, 819e9, 256, 200e9),
+    "v6e": TpuGeneration("v6e", 2, 1, "default", 32 * GiB, 1640e9, 256, 400e9),
 }
 SINGLE_HOST_CHIPS = 8  # v5e/v6e slices of up to 8 chips are one host; larger ones have 4 chips a host
 LIBTPU_INSTALL = f'pip install "jax[tpu]=={jax.__version__}"'
@@ -163,11 +175,12 @@ def mesh_sizes(config, tpu_slice: TpuSlice) -> dict:
 
 def check_batch_divides(config, sizes: dict) -> None:
     """Every micro-batch's rows must split evenly over data × fsdp × expert, its sequence over context."""
-    shards = sizes["data"] * sizes["fsdp"] * sizes.get("expert", 1)
-    micro_batch = config.train.batch_size // config.train.grad_accum_steps
+    shards = batch_shards(sizes)
+    micro_steps = accumulation_steps(config.train, sizes)
+    micro_batch = config.train.batch_size // micro_steps
     if micro_batch % shards:
         raise ValueError(f"config field train.batch_size: {config.train.batch_size} sequences in "
-                         f"{config.train.grad_accum_steps} micro-batch(es) of {micro_batch} do not divide over "
+                         f"{micro_steps} micro-batch(es) of {micro_batch} do not divide over "
                          f"data × fsdp × expert = {shards} batch shards")
     context = sizes.get("context", 1)
     if config.train.seq_len % context:
@@ -237,25 +250,28 @@ class OutOfMemory(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class StepCost:
-    """FLOPs and HBM bytes accessed by one chip."""
+    """FLOPs, HBM bytes accessed and bytes sent over ICI in collectives, by one chip."""
 
     flops: float
     bytes_accessed: float
+    ici_bytes: float
 
     def __add__(self, other):
-        return StepCost(self.flops + other.flops, self.bytes_accessed + other.bytes_accessed)
+        return StepCost(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
 
     def __sub__(self, other):
-        return StepCost(self.flops - other.flops, self.bytes_accessed - other.bytes_accessed)
+        return self + other * -1
 
     def __mul__(self, factor: float):
-        return StepCost(self.flops * factor, self.bytes_accessed * factor)
+        return StepCost(*(a * factor for a in dataclasses.astuple(self)))
 
 
 def cost_of(compiled) -> StepCost:
-    """XLA's cost analysis of one chip's compiled program (a while-loop body counted once)."""
+    """One chip's compiled program: XLA's cost analysis and the collectives of its HLO (each
+    while-loop body counted once)."""
     analysis = compiled.cost_analysis()
-    return StepCost(float(analysis["flops"]), float(analysis["bytes accessed"]))
+    sent = sum(collective_bytes(compiled.as_text()).values())
+    return StepCost(float(analysis["flops"]), float(analysis["bytes accessed"]), sent)
 
 
 def compile_program(lowered) -> tuple[ChipMemory, StepCost, float]:
@@ -309,7 +325,8 @@ def step_cost(config, devices, counted: StepCost) -> StepCost:
     def cost(lowered):
         return cost_of(lowered.compile())
 
-    num_layers, micro_steps = config.model.num_layers, config.train.grad_accum_steps
+    sizes = dict(zip(mesh_axes(config.mesh), mesh_shape(config.mesh, len(devices))))
+    num_layers, micro_steps = config.model.num_layers, accumulation_steps(config.train, sizes)
     update = {n: cost(lower_optimizer_update(loop_free_variant(config, n), devices)) for n in (1, 2)}
 
     def update_at(layers):
@@ -343,20 +360,18 @@ class AotResult:
     model_flops_per_chip: float
     peak_flops: float
     hbm_bytes_per_s: float
+    ici_bytes_per_s: float
+    micro_steps: int
 
     @property
     def fits(self) -> bool:
         return self.memory is not None and self.memory.total <= self.capacity
 
     @property
-    def roofline_seconds(self) -> float:
-        """t = max(FLOPs / peak, bytes / bandwidth) per chip."""
-        return max(self.cost.flops / self.peak_flops, self.cost.bytes_accessed / self.hbm_bytes_per_s)
-
-    @property
-    def roofline_mfu(self) -> float:
-        """Model FLOPs per chip / (t · peak)."""
-        return self.model_flops_per_chip / (self.roofline_seconds * self.peak_flops)
+    def roofline(self) -> Roofline:
+        """The step's compute, HBM and ICI times per chip (needs `cost`)."""
+        return Roofline(self.cost.flops, self.cost.bytes_accessed, self.cost.ici_bytes, self.model_flops_per_chip,
+                        self.peak_flops, self.hbm_bytes_per_s, self.ici_bytes_per_s)
 
 
 def model_flops_per_chip(task: Task, chips: int) -> float:
@@ -380,10 +395,12 @@ def compile_for_slice(config, tpu_slice: TpuSlice, *, with_cost: bool = True) ->
         message = ""
     except OutOfMemory as error:
         memory, counted, seconds, message = None, None, float("nan"), str(error)
-    fits = memory is not None and memory.total <= tpu_slice.generation.hbm_bytes
+    generation = tpu_slice.generation
+    fits = memory is not None and memory.total <= generation.hbm_bytes
     return AotResult(
-        slice_name=tpu_slice.name, mesh=sizes, capacity=tpu_slice.generation.hbm_bytes, compile_seconds=seconds,
+        slice_name=tpu_slice.name, mesh=sizes, capacity=generation.hbm_bytes, compile_seconds=seconds,
         memory=memory, compiler_message=message, counted_cost=counted,
         cost=step_cost(config, devices, counted) if with_cost and fits else None,
         model_flops_per_chip=model_flops_per_chip(task, tpu_slice.chips),
-        peak_flops=peak_flops_of(devices[0]), hbm_bytes_per_s=tpu_slice.generation.hbm_bytes_per_s)
+        peak_flops=peak_flops_of(devices[0]), hbm_bytes_per_s=generation.hbm_bytes_per_s,
+        ici_bytes_per_s=generation.ici_bytes_per_s, micro_steps=accumulation_steps(config.train, sizes))

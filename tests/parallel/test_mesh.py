@@ -77,3 +77,33 @@ def test_the_model_keeps_its_activations_batch_sharded_under_pure_fsdp():
     params = nn.meta.unbox(model.init(jax.random.key(0), tokens)["params"])
     logits = jax.jit(lambda p, t: model.apply({"params": p}, t))(params, tokens)
     assert logits.sharding.is_equivalent_to(NamedSharding(mesh, P(("data", "fsdp", "expert"))), 3)
+
+
+def test_accumulation_steps_come_from_the_micro_batch_per_batch_shard_or_as_given():
+    from research.parallel.mesh import accumulation_steps
+
+    def train(**fields):
+        return ml_collections.ConfigDict({"batch_size": 1024, "grad_accum_steps": 1, **fields})
+
+    assert accumulation_steps(train(micro_batch_per_device=1), {"data": 1, "fsdp": 4, "tensor": 2}) == 256
+    assert accumulation_steps(train(micro_batch_per_device=2), {"data": 2, "fsdp": 4, "expert": 2}) == 32
+    assert accumulation_steps(train(micro_batch_per_device=0, grad_accum_steps=8), {"fsdp": 4}) == 8
+    assert accumulation_steps(train(grad_accum_steps=8), {}) == 8  # configs without the field: as before
+    with pytest.raises(ValueError, match="train.batch_size and train.micro_batch_per_device: .* 3 sequence"):
+        accumulation_steps(train(micro_batch_per_device=3), {"fsdp": 4})
+
+
+def test_full_size_configs_default_to_fsdp_over_every_chip_and_tiny_ones_keep_data_parallelism():
+    from research import config as config_lib
+
+    for spec in ("configs/llama2.py:7b", "configs/llama2.py:70b", "configs/seed_thinking.py:full",
+                 "configs/chameleon.py:34b"):
+        config = config_lib.load(spec)
+        assert (config.mesh.data, config.mesh.fsdp, config.train.micro_batch_per_device) == (1, -1, 1), spec
+        assert mesh_shape(config.mesh, 64) == (1, 64, 1, 1)
+    tiny = config_lib.load("configs/llama2.py:tiny")
+    assert (tiny.mesh.data, tiny.mesh.fsdp, tiny.train.micro_batch_per_device) == (-1, 1, 0)
+    with pytest.raises(ValueError, match="train.micro_batch_per_device: .* excludes train.grad_accum_steps 4"):
+        config_lib.load("configs/llama2.py:7b", ["train.grad_accum_steps=4"])
+    with pytest.raises(ValueError, match="train.micro_batch_per_device: must be >= 0"):
+        config_lib.load("configs/llama2.py:7b", ["train.micro_batch_per_device=-1"])

@@ -34,6 +34,7 @@ from research.models import count_params, make_model
 from research.models.medusa import fresh_heads
 from research.optim import make_optimizer, make_schedule
 from research.parallel.grad_sync import data_parallel
+from research.parallel.mesh import accumulation_steps
 from research.train.batches import IteratorBatches
 from research.train.evaluators import summed_evaluator
 from research.train.flops import flops_per_token
@@ -156,7 +157,8 @@ def make_train_step(model, config, optimizer, mesh=None):
     schedule = make_schedule(config.optimizer, config.train.steps)
     loss_fn = functools.partial(objective, model, config.medusa)
     gradients = data_parallel(
-        functools.partial(accumulated_gradients, loss_fn, num_micro=config.train.get("grad_accum_steps", 1)),
+        functools.partial(accumulated_gradients, loss_fn, num_micro=accumulation_steps(
+            config.train, {} if mesh is None else mesh.shape)),
         mesh, config.parallel.grad_reduce)
 
     def train_step(state, batch, rng):
