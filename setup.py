@@ -26,14 +26,16 @@ setuptools.setup(
         "optuna>=5.0",
         "cmaes>=0.11",
         "scikit-learn>=1.4",  # the bundled digits images (research/data/scenes.py)
+        "scipy>=1.11",  # connected components of generated scenes (research/eval/scene_judge.py)
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "pycocotools>=2.0.8", "pgserver>=0.1.4", "psycopg2-binary>=2.9",
                  "jsonschema>=4.20",
                  # Hugging Face Chameleon built live for the conversion tests; torch pinned to its CPU build
                  "torch==2.13.0", "transformers>=4.45"],
-        # the reference libraries the structured-generation benchmark measures beside ours
-        "bench": ["outlines-core>=0.2", "llguidance>=1.0"],
+        # the reference libraries the benchmarks measure beside ours: structured generation (outlines-core,
+        # llguidance); training and decoding speed (PyTorch + transformers, scripts/torch_reference.py)
+        "bench": ["outlines-core>=0.2", "llguidance>=1.0", "torch==2.13.0", "transformers>=4.45"],
         "postgres": ["psycopg2-binary>=2.9"],
         "dashboard": ["optuna-dashboard>=0.21"],
         "tpu": ["jax[tpu]"],

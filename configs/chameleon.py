@@ -1,6 +1,6 @@
 """Chameleon (Chameleon Team, 2024): the early-fusion decoder over interleaved text and image tokens.
 
-    configs/chameleon.py:tiny   (trains on the bundled CPython docs on a CPU)
+    configs/chameleon.py:tiny   (early fusion on interleaved scene documents, on a CPU in minutes)
     configs/chameleon.py:7b     (Chameleon-7B)
     configs/chameleon.py:34b    (Chameleon-34B, released as facebook/chameleon-30b)
 
@@ -23,13 +23,19 @@ pixels, 4× downsampled).
 Recipe (paper, §2.3 and Table 1): AdamW β .9/.95, ε 1e-5, lr 1e-4, 4000 warmup steps, weight
 decay 0.1, gradient clipping 1.0, z-loss 1e-5, dropout 0.1 for the 7B and none for the 34B. The
 paper decays the learning rate exponentially; research/optim has no exponential schedule, so the
-full-size configs use warmup_cosine to 10%. The data section is LLaMA-2's text pipeline (text-only
-batches; its ids are not kept off the image codes); mixed-modal data is not built here.
+full-size configs use warmup_cosine to 10%. The full-size data section is LLaMA-2's text pipeline (text-only
+batches; its ids are not kept off the image codes). `tiny` trains with the early-fusion trainer
+(research/train/trainers/chameleon.py: NLL + z-loss) on interleaved caption / draw / boxes documents of
+the shape scenes, after the VQ tokenizer it names in `data.image_tokenizer_workdir` was trained:
+
+    python -m research.run --config configs/vq_image_tokenizer.py:tiny --workdir workdir/vq_tiny
+    python -m research.run --config configs/chameleon.py:tiny --workdir workdir/chameleon_tiny
 """
 
 import os
 
 import ml_collections
+from ml_collections import config_dict
 
 from research.config import load_module, parse_arg
 from research.models.chameleon import Z_LOSS_WEIGHT
@@ -69,6 +75,30 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
     return model
 
 
+def early_fusion_training(config: ml_collections.ConfigDict) -> None:
+    """`tiny`'s trainer, data and evaluators: research/train/trainers/chameleon.py on the shape scenes as
+    interleaved documents, their images tokenized by the VQ tokenizer that
+    `python -m research.run --config configs/vq_image_tokenizer.py:tiny --workdir workdir/vq_tiny` trained."""
+    config.trainer = "chameleon"
+    config.data = ml_collections.ConfigDict(dict(
+        name="shape_scenes", data_dir=config_dict.placeholder(str),
+        image_tokenizer_workdir="workdir/vq_tiny",  # a vq_image_tokenizer run of model.image_tokenizer's shape
+        train_images=2048,  # the first training scenes, each one document of every kind
+        kinds=("caption", "draw", "boxes"),  # research/data/interleaved.py
+        tokenizer="byte", vocab_size=265,  # text ids 0..264, below the markers (510, 511) and codes (512..)
+    ))
+    config.train.update(dict(seq_len=256, batch_size=16, steps=300, eval_every=150, eval_batches=4,
+                             checkpoint_every=150, log_every=10))
+    config.optimizer.update(dict(learning_rate=3e-3, warmup_steps=20))
+    generation = dict(every=0, images=32, show=4)
+    config.evals = ml_collections.ConfigDict(dict(
+        eval=dict(kind="loss", every=config.train.get_ref("eval_every"), batches=config.train.get_ref("eval_batches")),
+        captions=dict(kind="captions", max_new_tokens=80, **generation),
+        grounding=dict(kind="grounding", max_new_tokens=64, **generation),
+        drawing=dict(kind="drawing", every=0, images=16),
+    ))
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = parse_arg(arg, variant="tiny")
     tiny = args.variant == "tiny"
@@ -77,8 +107,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model = model
     config.data.vocab_size = config.model.get_ref("vocab_size")
     if tiny:
-        config.data.tokenizer = "byte"
-        config.train.seq_len = 128
+        early_fusion_training(config)
     else:
         config.train.seq_len = model.max_seq_len
         config.optimizer.update(dict(learning_rate=1e-4, warmup_steps=4000))
