@@ -8,6 +8,15 @@ Variants (the tiny LLaMA; minutes per stage on a CPU):
     tiny_drgrpo Dr. GRPO: no std scaling, token sums over a constant normaliser
     tiny_gspo   GSPO: the length-normalised sequence ratio, clipped at 3e-4 / 4e-4
     tiny_kimi   Kimi k1.5: the squared surrogate with τ, optimizer reset each step, the length reward
+    tiny_long2short  Kimi k1.5's long2short by shortest rejection sampling: 8 samples per prompt from the
+                k1.5 policy, fine-tuning on the shortest correct one; chains after tiny_kimi:
+
+    python -m research.run --config configs/rlvr.py:tiny_long2short --workdir workdir/long2short_tiny \\
+        --config.init_from.path=workdir/kimi_tiny
+
+Switches of every variant: `rl.tools` (multi-turn rollouts with the sandboxed python tool, up to
+`rl.max_tool_turns` calls; the tool_tasks suite is where it helps), `rl.sampling` ("curriculum",
+"prioritized": Kimi k1.5's prompt sampling).
 
 Chain after SFT (configs/rlhf.py:tiny_sft):
 
@@ -23,7 +32,7 @@ from research.config import load_module, parse_arg
 
 LLAMA2 = load_module(os.path.join(os.path.dirname(__file__), "llama2.py"))
 RLHF = load_module(os.path.join(os.path.dirname(__file__), "rlhf.py"))
-VARIANTS = ("tiny_grpo", "tiny_dapo", "tiny_drgrpo", "tiny_gspo", "tiny_kimi")
+VARIANTS = ("tiny_grpo", "tiny_dapo", "tiny_drgrpo", "tiny_gspo", "tiny_kimi", "tiny_long2short")
 
 
 def rl_config() -> ml_collections.ConfigDict:
@@ -43,6 +52,10 @@ def rl_config() -> ml_collections.ConfigDict:
         format_weight=0.0,
         kimi_tau=0.1, reset_optimizer=False,
         length_reward=dict(weight=0.0, warmup_steps=0),
+        tools=False, max_tool_turns=2, tool_timeout_s=2.0,  # multi-turn rollouts with the sandboxed python tool
+        sampling="uniform",  # or "curriculum" (easy to hard by curriculum_steps), "prioritized" (∝ 1 − success)
+        pool_size=256, curriculum_steps=40,  # the problems "curriculum" and "prioritized" draw from
+        long2short=False,  # fine-tune on the shortest correct response of each group (Kimi k1.5's long2short)
     ))
 
 
@@ -75,4 +88,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif args.variant == "tiny_kimi":
         rl.update(loss="kimi", kl_coef=0.0, reset_optimizer=True)
         rl.length_reward.update(weight=0.5, warmup_steps=10)
+    elif args.variant == "tiny_long2short":
+        rl.update(long2short=True, kl_coef=0.0)
+        config.train.steps = 20
+        config.init_from.path = "workdir/kimi_tiny"
     return config

@@ -22,6 +22,8 @@ def intrinsic_difficulty(problem) -> int:
         return len(problem.inputs["numbers"])
     if problem.suite == "knights_knaves":
         return len(problem.inputs["people"])
+    if problem.suite == "tool_tasks":
+        return len(re.findall(r"\d+", problem.inputs["program"])[0])  # digits of each number
     return len(re.findall(r"^\d+\. ", problem.prompt, flags=re.MULTILINE))
 
 

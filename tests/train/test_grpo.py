@@ -90,3 +90,41 @@ def test_a_batch_that_cannot_be_filled_keeps_groups_without_signal(tmp_path, mon
 def test_bad_rl_fields_are_named(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         train(grpo_config(**overrides), str(tmp_path), devices=ONE_DEVICE)
+
+
+def scripted_tool_turns(*args, **kwargs):
+    """A stand-in for agentic_rollout.policy_turns: every row calls `print(7)`, then answers what the tool printed."""
+    tokenizer = args[2]
+
+    def sample(sequences, rooms):
+        calls = ["python output" in tokenizer.decode(sequence) for sequence in sequences]
+        texts = ["seen</think>7<|end|>" if called else 'run</think>{"name":"python","arguments":{"code":"print(7)"}}<|end|>'
+                 for called in calls]
+        return [tokenizer.encode(text)[:room] for text, room in zip(texts, rooms)]
+
+    return sample
+
+
+def test_tool_rollouts_prioritized_sampling_and_long2short_train_and_resume_with_the_samplers_counts(tmp_path,
+                                                                                                   monkeypatch):
+    monkeypatch.setattr("research.rl.agentic_rollout.policy_turns", scripted_tool_turns)
+    judged, seen_counts = [], []
+    monkeypatch.setattr(VerifiableRollouts, "judge", lambda self, problem, response: judged.append(
+        self.tokenizer.decode(response)) or (1.0, True))
+    prompts = VerifiableRollouts.prompts
+    monkeypatch.setattr(VerifiableRollouts, "prompts", lambda self, count, counts, step, draw: seen_counts.append(
+        (step, {name: value.copy() for name, value in counts.items()})) or prompts(self, count, counts, step, draw))
+    config = dict(rl__tools=True, rl__suites="('tool_tasks',)", rl__max_prompt_len=400, rl__max_new_tokens=64,
+                  rl__prompts_per_step=2, rl__group_size=2, rl__sampling="prioritized", rl__pool_size=8,
+                  rl__kl_coef=0.0, rl__long2short=True, train__checkpoint_every=1)
+    train(grpo_config(train__steps=1, **config), str(tmp_path), devices=ONE_DEVICE)
+    (logged,) = [r for r in read_metrics(str(tmp_path)) if "rollout_tool_calls" in r]
+    assert logged["rollout_tool_calls"] == 1.0
+    assert logged["loss"] < 0  # all rewards equal: group advantages would be 0, long2short weights are not
+    assert judged == ["seen</think>7<|end|>"] * 4  # the answer after the tool's turn is what is judged
+    (_, first), = seen_counts
+    assert first["attempts"].sum() == 0
+    train(grpo_config(train__steps=2, **config), str(tmp_path), devices=ONE_DEVICE)
+    step, resumed = seen_counts[-1]
+    assert step == 1 and resumed["attempts"].sum() == 4  # the first step's two groups of two, restored
+    np.testing.assert_array_equal(resumed["successes"], resumed["attempts"])  # every answer judged correct

@@ -1,6 +1,6 @@
 """The procedural task suites and their seeded, offline generation.
 
-Each suite module (arithmetic, countdown, knights_knaves, coding) has a `NAME`, its
+Each suite module (arithmetic, countdown, knights_knaves, coding, tool_tasks) has a `NAME`, its
 `DIFFICULTIES` per split and `make_problem(rng, difficulty, problem_id)`. Splits:
 `train`, and `held_out`, whose difficulty levels are all above train's (more steps,
 numbers, people or operations), for testing generalisation beyond the training range.
@@ -12,10 +12,10 @@ it is the same whatever the count asked for and whichever process asks.
 
 import random
 
-from research.data.tasks import arithmetic, coding, countdown, knights_knaves
+from research.data.tasks import arithmetic, coding, countdown, knights_knaves, tool_tasks
 from research.data.tasks.problem import Problem
 
-SUITES = {module.NAME: module for module in (arithmetic, countdown, knights_knaves, coding)}
+SUITES = {module.NAME: module for module in (arithmetic, countdown, knights_knaves, coding, tool_tasks)}
 SPLITS = ("train", "held_out")
 
 

@@ -2,7 +2,7 @@
 
 Dispatches on `problem.suite` (research/data/tasks/suites.py) to the suite's verifier
 with what the problem records: arithmetic answers by value against `problem.answer`
-(math_answers.py), countdown expressions against `inputs["numbers"]` and
+(math_answers.py), tool tasks' integers likewise, countdown expressions against `inputs["numbers"]` and
 `inputs["target"]`, knights-and-knaves answers against `inputs["people"]` and
 `inputs["statements"]`, code (the last ```python block, else the whole answer) run
 against the hidden `problem.tests` in the sandbox (code.py). `answer` is the model's answer alone (the text after
@@ -26,6 +26,7 @@ SCORERS: dict[str, Callable[[Problem, str], Verdict]] = {
     "knights_knaves": lambda problem, answer: knights_knaves_score(answer, problem.inputs["people"],
                                                                    problem.inputs["statements"]),
     "coding": lambda problem, answer: code_reward(answer, problem.tests),
+    "tool_tasks": lambda problem, answer: math_score(answer, problem.answer),
 }
 
 

@@ -16,6 +16,9 @@ strided mini-batches, each an optimizer update of
 
 (research/rl/losses.py, aggregation.py, kl.py). DAPO's overlong filtering drops truncated responses
 from the loss; its soft overlong punishment and dynamic sampling act on the rewards and the batch.
+The batch source's switches need nothing here: `tools` (multi-turn rollouts with the python tool, the loss
+on the model's own tokens by the response mask), `sampling` (curriculum or prioritized prompts) and
+`long2short` (the shortest correct response of each group as the only one with a weight).
 
 Parameters: {"policy": the trained decoder, "reference": the frozen one (only when β > 0)}; start the
 policy from an SFT run with `init_from = {kind: "run", path: <sft workdir>, into: "policy"}`; the
@@ -29,13 +32,16 @@ import jax.numpy as jnp
 import optax
 
 from research.models import count_params, make_model
+from research.models.moe import MOE_COLLECTION
 from research.optim import make_optimizer, make_schedule
 from research.rl.aggregation import aggregate
 from research.rl.kl import kl_estimate
+from research.rl.log_probs import token_log_probs
 from research.rl.losses import clipped_policy_loss, kimi_surrogate_loss
+from research.rl.prompt_sampling import SAMPLINGS
 from research.rl.rewards import overlong_filter_mask
-from research.rl.rollout import policy_log_probs
 from research.train.flops import flops_per_token
+from research.train.moe_aux import auxiliary_loss, layer_statistics, moe_metrics
 from research.train.rollout_batches import VerifiableRollouts, rollout_batch_spec
 from research.train.state import TrainState
 from research.train.task import Task
@@ -50,9 +56,19 @@ def uses_reference(rl) -> bool:
     return rl.kl_coef > 0
 
 
+def log_probs_and_moe_statistics(model, params, tokens, temperature: float):
+    """research/rl/rollout.py's `policy_log_probs` `[B, T]` and, from the same forward pass, the MoE
+    layers' statistics (research/train/moe_aux.py; {} for a dense model)."""
+    logits, variables = model.apply({"params": params}, tokens[:, :-1], mutable=[MOE_COLLECTION])
+    logits = logits.astype(jnp.float32) / (temperature if temperature > 0 else 1.0)
+    log_probs = jnp.pad(token_log_probs(logits, tokens[:, 1:]), ((0, 0), (1, 0)))
+    return log_probs, layer_statistics(variables.get(MOE_COLLECTION, {}))
+
+
 def policy_objective(model, rl, policy, batch):
-    """(loss, metrics) of one mini-batch under the current policy parameters."""
-    log_probs = policy_log_probs(model, policy, batch["tokens"], temperature=rl.temperature)
+    """(loss, metrics) of one mini-batch under the current policy parameters; a mixture-of-experts
+    policy adds its auxiliary losses (research/train/moe_aux.py) and logs its routing metrics."""
+    log_probs, moe_statistics = log_probs_and_moe_statistics(model, policy, batch["tokens"], rl.temperature)
     mask = batch["response_mask"]
     if rl.overlong_filter:
         mask = overlong_filter_mask(mask, batch["truncated"] > 0)
@@ -67,7 +83,9 @@ def policy_objective(model, rl, policy, batch):
     kl = aggregate(kl_estimate(log_probs, batch["ref_log_probs"], estimator=rl.kl_estimator), mask, "token_mean")
     if uses_reference(rl) and not rl.kl_in_reward:
         loss = loss + rl.kl_coef * kl
-    return loss, {**metrics, "kl": kl}
+    if moe_statistics:
+        loss = loss + auxiliary_loss(moe_statistics, model.config.moe)
+    return loss, {**metrics, "kl": kl, **moe_metrics(moe_statistics)}
 
 
 def make_train_step(model, rl, optimizer, schedule):
@@ -106,6 +124,8 @@ def build(config, mesh) -> Task:
     rl = config.rl
     if rl.loss not in LOSSES:
         raise ValueError(f"config field rl.loss: {rl.loss!r} is not one of {LOSSES}")
+    if rl.sampling not in SAMPLINGS:
+        raise ValueError(f"config field rl.sampling: {rl.sampling!r} is not one of {SAMPLINGS}")
     if rl.group_size < 1 or rl.prompts_per_step < 1:
         raise ValueError(f"config fields rl.group_size and rl.prompts_per_step must be >= 1, got "
                          f"{rl.group_size} and {rl.prompts_per_step}")
