@@ -1,7 +1,7 @@
 """Every post-training trainer resumed from its checkpoint continues exactly as an uninterrupted run:
 losses and every parameter bit-identical (the batch sources' state included: problem stream position,
-prompt cursor, running reward statistics, the adaptive KL coefficient). The SIGKILL path is the same
-resume (tests/train/test_resume.py kills the LM and SFT trainers)."""
+prompt cursor, running reward statistics, the adaptive KL coefficient, PPO-ptx's position in the text).
+The SIGKILL path is the same resume (tests/train/test_resume.py kills the LM and SFT trainers)."""
 
 import jax
 import numpy as np
@@ -23,7 +23,8 @@ def configs(steps: int) -> dict:
         "reward_model": test_reward_model.rm_config(**common, evals__preferences__batches=1),
         "dpo": test_dpo.dpo_config("tiny_dpo", **common, evals__preferences__batches=1),
         "grpo": test_grpo.grpo_config("tiny_dapo", **common),
-        "ppo": test_ppo.ppo_config("tiny_ppo_max", **common, ppo__kl_target=0.01),
+        "ppo": test_ppo.ppo_config("tiny_ppo_max", **common, ppo__kl_target=0.01, ppo__ptx_coef=0.1,
+                                   train__seq_len=32),  # PPO-ptx: the pretraining rows' position resumes too
     }
 
 

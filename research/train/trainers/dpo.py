@@ -26,6 +26,7 @@ from research.optim import make_optimizer, make_schedule
 from research.rl.log_probs import sequence_log_probs
 from research.rl.preference_losses import dpo_loss, orpo_loss
 from research.rl.rollout import policy_log_probs
+from research.train.lora_state import adapted, adapter_optimizer, lora_task
 from research.train.state import TrainState
 from research.train.task import Task
 from research.train.trainers.lm import model_tokenizer, optimizer_update
@@ -67,14 +68,17 @@ def build(config, mesh) -> Task:
         raise ValueError(f"config field preference.loss: {method.loss!r} is not one of {LOSSES}")
     model = make_model(config.model, mesh)
     train_cfg = config.train
-    optimizer = make_optimizer(config.optimizer, train_cfg.steps)
+    optimizer = adapter_optimizer(make_optimizer(config.optimizer, train_cfg.steps), config)
     schedule = make_schedule(config.optimizer, train_cfg.steps)
     tokenizer = functools.cache(lambda: model_tokenizer(config))
-    objective = functools.partial(preference_objective, model, method)
+    # LoRA: the policy and its reference (a copy with the starting adapters) adapted; evaluators see them merged
+    trained_model = adapted(model, config)
+    objective = functools.partial(preference_objective, trained_model, method)
 
     def init_state(rng, params=None):
         params = params or {}
-        policy = params.get("policy") or model.init(rng, jnp.zeros((1, train_cfg.seq_len), jnp.int32))["params"]
+        dummy = jnp.zeros((1, train_cfg.seq_len), jnp.int32)
+        policy = params.get("policy") or trained_model.init(rng, dummy)["params"]
         state_params = {"policy": policy}
         if method.loss == "dpo":
             state_params["reference"] = params.get("reference", policy)
@@ -89,7 +93,7 @@ def build(config, mesh) -> Task:
             "loss": loss, "learning_rate": schedule(state.step), **metrics}
 
     def eval_step(params, batch):
-        _, metrics = objective(params, batch)
+        _, metrics = preference_objective(model, method, params, batch)
         accuracy = metrics["reward_accuracy" if method.loss == "dpo" else "accuracy"]
         pairs = jnp.asarray(batch["chosen"].shape[0], jnp.float32)
         return {"preferred": accuracy * pairs, "pairs": pairs}
@@ -97,5 +101,5 @@ def build(config, mesh) -> Task:
     def summarize(sums):
         return {"accuracy": float(np.asarray(sums["preferred"] / sums["pairs"]))}
 
-    return preference_task(config, tokenizer, init_state=init_state, train_step=train_step, eval_step=eval_step,
-                           summarize=summarize)
+    return lora_task(preference_task(config, tokenizer, init_state=init_state, train_step=train_step,
+                                     eval_step=eval_step, summarize=summarize), config)

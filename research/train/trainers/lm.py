@@ -28,10 +28,11 @@ from research.models import count_params, make_model
 from research.models.moe import MOE_COLLECTION
 from research.optim import make_optimizer, make_schedule
 from research.parallel.grad_sync import data_parallel
-from research.parallel.mesh import token_batch_axes
+from research.parallel.mesh import accumulation_steps, token_batch_axes
 from research.train.batches import IteratorBatches
 from research.train.evaluators import Evaluator, summed_evaluator
 from research.train.flops import flops_per_token
+from research.train.lora_state import adapted, adapter_optimizer, lora_task
 from research.train.losses import weighted_nll_sum
 from research.train.moe_aux import METRICS, auxiliary_loss, layer_statistics, moe_metrics
 from research.train.state import TrainState
@@ -186,7 +187,8 @@ def build_lm_task(config, mesh, rows, more_evaluators=None) -> Task:
     # rows only (that mesh is data-parallel alone), so it gets no mesh to pin activations to.
     model = make_model(config.model, mesh if config.parallel.grad_reduce == "auto" else None)
     train_cfg = config.train
-    optimizer = make_optimizer(config.optimizer, train_cfg.steps)
+    trained_model = adapted(model, config)  # LoRA: adapters trained, evaluators see the merged model
+    optimizer = adapter_optimizer(make_optimizer(config.optimizer, train_cfg.steps), config)
     schedule = make_schedule(config.optimizer, train_cfg.steps)
 
     tokenizer = functools.cache(lambda: model_tokenizer(config))
@@ -218,13 +220,14 @@ def build_lm_task(config, mesh, rows, more_evaluators=None) -> Task:
         return more_evaluators[evaluator_config.kind](evaluator_config, model, tokenizer())
 
     matmul_params = count_params(config.model)["active"] - config.model.vocab_size * config.model.dim
-    return Task(
-        init_state=make_init_state(model, optimizer, train_cfg.seq_len),
-        train_step=make_train_step(model, optimizer, schedule, train_cfg.grad_accum_steps, mesh,
+    return lora_task(Task(
+        init_state=make_init_state(trained_model, optimizer, train_cfg.seq_len),
+        train_step=make_train_step(trained_model, optimizer, schedule,
+                                   accumulation_steps(train_cfg, {} if mesh is None else mesh.shape), mesh,
                                    config.parallel.grad_reduce),
         batch_spec=lm_batch_spec(train_cfg.batch_size, train_cfg.seq_len),
         batches=lambda shardings: IteratorBatches(batches("train", None, config.seed), shardings),
         evaluators=lambda shardings: {name: evaluator(c, shardings) for name, c in config.evals.items()},
         tokens_per_step=train_cfg.batch_size * train_cfg.seq_len,
         flops_per_token=flops_per_token(config.model, train_cfg.seq_len, matmul_params),
-    )
+    ), config)

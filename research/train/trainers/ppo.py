@@ -5,6 +5,9 @@ reference π_ref and the frozen reward model r. One loop step, all on the device
 
   rollout   the next `prompts_per_step` prompts (a table kept in the batch source's state) answered by
             π (research/rl/rollout.py), scored by r at each response's last token;
+  logged    per rollout: the mean score, KL to the reference (summed over a response), response length,
+            the policy's perplexity on its own responses exp(−mean log π(y_t)) (at the sampling
+            temperature) and distinct-2 of the batch's responses (a collapse indicator);
   reward    s = r(x, y), then (`normalize_reward`) (s − μ)/σ with running statistics of the scores seen
             so far, clipped to ±`reward_clip`; per token r_t = −β·(log π − log π_ref)_t, plus s at the
             last response token (research/rl/rewards.py); β fixed or adapted toward `kl_target`
@@ -12,14 +15,22 @@ reference π_ref and the frozen reward model r. One loop step, all on the device
   GAE       Â_t, R_t over the response tokens (γ, λ; research/rl/advantages.py), V_t the critic's value of
             the state before token t; Â whitened over the batch and clipped to ±`advantage_clip` when asked;
   update    `inner_epochs` passes over the batch in `minibatches` mini-batches, each minimising
-            L = clipped policy loss(Â) − c_H·entropy + c_V·clipped value loss(R)
-            (value clipping and the entropy bonus are switches; research/rl/losses.py), one optimizer
+            L = clipped policy loss(Â) − c_H·entropy + c_V·clipped value loss(R) + γ_ptx·L_LM
+            (value clipping and the entropy bonus are switches; research/rl/losses.py; L_LM the mean
+            next-token loss of the policy on pretraining rows, PPO-ptx: InstructGPT's
+            γ·E_pretrain[log π], on when `ptx_coef` > 0, the rows `config.data`'s corpus packed as the
+            LM trainer packs them, `config.train.batch_size` × `seq_len` a step, cut into the same
+            mini-batches; research/train/rollouts_with_text.py), one optimizer
             over actor and critic with the critic's learning rate scaled by `critic_lr_scale` and
             one global gradient-norm clip (PPO-max).
 
 Parameters: {"policy", "value", "reference", "reward"}; `init_from` fills them from earlier runs:
-the policy from SFT (`into: "policy"`), the reward model and (PPO-max) the critic from a reward-model
-run (`extra`); the reference starts as a copy of the policy unless loaded.
+the policy from SFT (`into: "policy"`), the reward model from a reward-model run (`extra`); the critic
+starts as a copy of the reward model (PPO-max, `critic_from_reward`) or at random, unless loaded; the
+reference starts as a copy of the policy unless loaded. With LoRA
+(research/train/lora_state.py) the policy trains adapters over a frozen base from `lora.base` (the SFT
+run), the reference is that base with the starting adapters, and `init_from.kind` is "none" (its
+`extra` still loads the reward model and critic).
 """
 
 import functools
@@ -44,11 +55,15 @@ from research.rl.losses import clipped_policy_loss, clipped_value_loss
 from research.rl.rewards import clip_reward, kl_penalised_rewards
 from research.rl.rollout import rollout
 from research.rl.running_stats import RunningStats, init_running_stats, normalise_and_clip, update_running_stats
-from research.train.batches import OnPolicyBatches
+from research.train.batches import IteratorBatches, OnPolicyBatches
 from research.train.flops import flops_per_token
+from research.train.lora_state import adapted, adapter_optimizer, lora_task, merged_params
+from research.train.rollouts_with_text import RolloutsWithText
 from research.train.state import TrainState
 from research.train.task import Task
-from research.train.trainers.lm import minibatch_epochs, model_tokenizer
+from research.train.trainers.lm import corpus_batches, lm_batch_spec, loss_sums, minibatch_epochs, model_tokenizer
+
+PTX = "ptx"  # the batch entry of the pretraining rows
 
 @flax.struct.dataclass
 class SourceState:
@@ -79,6 +94,17 @@ def score_responses(critic, reward_params, tokens, lengths, response_mask):
     return last_values(critic.apply({"params": reward_params}, tokens), lengths)
 
 
+def distinct_bigram_share(tokens, mask):
+    """Distinct-2 of a batch of responses: distinct bigrams (both tokens on `mask`) over all such bigrams,
+    1 when every bigram is new, near 0 when the responses repeat one another (a collapse indicator).
+    A bigram (u, v) is the int32 u·(max id + 1) + v: exact for vocabularies up to 46,340 tokens."""
+    pairs = mask[:, :-1] & mask[:, 1:]
+    ids = jnp.where(pairs, tokens[:, :-1] * (jnp.max(tokens) + 1) + tokens[:, 1:], -1).ravel()
+    ordered = jnp.sort(ids)
+    distinct = jnp.sum((ordered[1:] != ordered[:-1]) & (ordered[1:] >= 0)) + (ordered[0] >= 0)
+    return distinct / jnp.maximum(jnp.sum(pairs), 1)
+
+
 def adapted_kl_coef(coef, kl, ppo, batch_size: int):
     """Ziegler et al.'s adaptive KL coefficient (fixed when `kl_target` is 0)."""
     if not ppo.kl_target:
@@ -87,11 +113,12 @@ def adapted_kl_coef(coef, kl, ppo, batch_size: int):
     return coef * (1.0 + error * batch_size / ppo.kl_horizon)
 
 
-def make_rollouts(policy_model, critic, ppo, tokenizer_stop_ids, pad_id):
-    """`make(train_state, source_state, rng) -> (batch, source_state)`: the jitted rollout and GAE."""
+def make_rollouts(policy_model, critic, ppo, tokenizer_stop_ids, pad_id, as_plain=lambda params: params):
+    """`make(train_state, source_state, rng) -> (batch, source_state)`: the jitted rollout and GAE;
+    `as_plain` turns the state's parameters into the plain models' (LoRA: adapters merged)."""
 
     def make(train_state, source, rng):
-        params = train_state.params
+        params = as_plain(train_state.params)
         count = ppo.prompts_per_step
         index = (source.cursor + jnp.arange(count)) % source.prompts.shape[0]
         result = rollout(policy_model, params["policy"], source.prompts[index], source.prompt_lengths[index], rng,
@@ -113,12 +140,14 @@ def make_rollouts(policy_model, critic, ppo, tokenizer_stop_ids, pad_id):
         if ppo.advantage_clip:
             advantages = jnp.clip(advantages, -ppo.advantage_clip, ppo.advantage_clip)
         sequence_kl = jnp.mean(jnp.sum(kl, axis=1))
+        mean_log_prob = jnp.sum(jnp.where(mask, result.log_probs, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
         batch = {"tokens": result.tokens, "response_mask": mask.astype(jnp.float32),
                  "old_log_probs": result.log_probs, "old_values": values, "advantages": advantages,
                  "returns": returns, "statistics": {
                      "score": jnp.mean(scores), "kl": sequence_kl, "kl_coef": source.kl_coef,
                      "response_length": jnp.mean(result.response_lengths.astype(jnp.float32)),
-                     "truncated": jnp.mean(result.truncated.astype(jnp.float32))}}
+                     "truncated": jnp.mean(result.truncated.astype(jnp.float32)),
+                     "perplexity": jnp.exp(-mean_log_prob), "distinct_2": distinct_bigram_share(result.tokens, mask)}}
         source = source.replace(cursor=(source.cursor + count) % source.prompts.shape[0], reward_stats=stats,
                                 kl_coef=adapted_kl_coef(source.kl_coef, sequence_kl, ppo, count))
         return batch, source
@@ -126,8 +155,15 @@ def make_rollouts(policy_model, critic, ppo, tokenizer_stop_ids, pad_id):
     return make
 
 
+def pretraining_loss(policy_model, policy_params, rows):
+    """L_LM = Σ w·nll / Σ w: the policy's mean next-token loss on packed pretraining rows."""
+    nll_sum, weight, _ = loss_sums(policy_model, policy_params, rows)
+    return nll_sum / jnp.maximum(weight, 1.0)
+
+
 def ppo_objective(policy_model, critic, ppo, trained, batch):
-    """(loss, metrics) of one mini-batch: clipped policy loss − c_H·entropy + c_V·value loss."""
+    """(loss, metrics) of one mini-batch: clipped policy loss − c_H·entropy + c_V·value loss, plus
+    γ_ptx·L_LM when the batch holds pretraining rows and `ppo.ptx_coef` > 0."""
     mask = batch["response_mask"]
     tokens = batch["tokens"]
     logits = policy_model.apply({"params": trained["policy"]}, tokens[:, :-1]).astype(jnp.float32) / ppo.temperature
@@ -139,9 +175,13 @@ def ppo_objective(policy_model, critic, ppo, trained, batch):
     value_loss, value_metrics = clipped_value_loss(values, batch["old_values"], batch["returns"], mask,
                                                    clip=ppo.value_clip or None)
     loss = policy_loss - ppo.entropy_coef * token_entropy + ppo.value_coef * value_loss
-    return loss, {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": token_entropy,
-                  "clip_fraction": policy_metrics["clip_fraction"], "approx_kl": policy_metrics["approx_kl"],
-                  "value_clip_fraction": value_metrics["clip_fraction"]}
+    metrics = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": token_entropy,
+               "clip_fraction": policy_metrics["clip_fraction"], "approx_kl": policy_metrics["approx_kl"],
+               "value_clip_fraction": value_metrics["clip_fraction"]}
+    if ppo.ptx_coef and PTX in batch:
+        metrics["ptx_loss"] = pretraining_loss(policy_model, trained["policy"], batch[PTX])
+        loss = loss + ppo.ptx_coef * metrics["ptx_loss"]
+    return loss, metrics
 
 
 def make_optimizer_of(config, total_updates: int):
@@ -203,21 +243,27 @@ def build(config, mesh) -> Task:
     if batch_size % ppo.minibatches:
         raise ValueError(f"config field ppo.minibatches: {ppo.minibatches} does not divide ppo.prompts_per_step "
                          f"{batch_size}")
+    if ppo.ptx_coef and config.train.batch_size % ppo.minibatches:
+        raise ValueError(f"config field train.batch_size: {config.train.batch_size} pretraining rows "
+                         f"(ppo.ptx_coef > 0) do not split into ppo.minibatches {ppo.minibatches}")
     if length > config.model.max_seq_len:
         raise ValueError(f"config fields ppo.max_prompt_len + ppo.max_new_tokens = {length} exceed "
                          f"model.max_seq_len {config.model.max_seq_len}")
     policy_model, critic = make_model(config.model, mesh), make_model(value_config(config.model), mesh)
+    trained_policy = adapted(policy_model, config)  # LoRA: the policy's (and reference's) adapters; rollouts merge
     total_updates = config.train.steps * ppo.inner_epochs * ppo.minibatches
-    optimizer = make_optimizer_of(config, total_updates)
+    optimizer = adapter_optimizer(make_optimizer_of(config, total_updates), config)
     schedule = make_schedule(config.optimizer, total_updates)
     tokenizer = functools.cache(lambda: model_tokenizer(config))
 
     def init_state(rng, params=None):
         params = params or {}
         dummy = jnp.zeros((1, length), jnp.int32)
-        policy = params.get("policy") or policy_model.init(jax.random.fold_in(rng, 0), dummy)["params"]
+        policy = params.get("policy") or trained_policy.init(jax.random.fold_in(rng, 0), dummy)["params"]
         reward = params.get("reward") or critic.init(jax.random.fold_in(rng, 1), dummy)["params"]
-        state_params = {"policy": policy, "value": params.get("value", reward), "reference": params.get("reference", policy),
+        value = params.get("value") or (reward if ppo.critic_from_reward else
+                                        critic.init(jax.random.fold_in(rng, 2), dummy)["params"])
+        state_params = {"policy": policy, "value": value, "reference": params.get("reference", policy),
                         "reward": reward}
         trained = {role: state_params[role] for role in ("policy", "value")}
         return TrainState(step=jnp.zeros((), jnp.int32), params=state_params, opt_state=optimizer.init(trained))
@@ -233,17 +279,27 @@ def build(config, mesh) -> Task:
         per_token = {name: leaf((batch_size, length), jnp.float32, ("batch", None)) for name in (
             "response_mask", "old_log_probs", "old_values", "advantages", "returns")}
         statistics = {name: leaf((), jnp.float32, ()) for name in (
-            "score", "kl", "kl_coef", "response_length", "truncated")}
-        return {"tokens": leaf((batch_size, length), jnp.int32, ("batch", None)), **per_token, "statistics": statistics}
+            "score", "kl", "kl_coef", "response_length", "truncated", "perplexity", "distinct_2")}
+        spec = {"tokens": leaf((batch_size, length), jnp.int32, ("batch", None)), **per_token, "statistics": statistics}
+        return {**spec, PTX: lm_batch_spec(config.train.batch_size, config.train.seq_len)} if ppo.ptx_coef else spec
+
+    def batches(shardings):
+        rollouts = OnPolicyBatches(source_init, make_rollouts(policy_model, critic, ppo, stop_ids(tokenizer()),
+                                                              tokenizer().pad_id,
+                                                              lambda params: merged_params(params, config)),
+                                   {name: value for name, value in shardings.items() if name != PTX})
+        if not ppo.ptx_coef:
+            return rollouts
+        text = corpus_batches(config, tokenizer(), split="train", num_epochs=None, seed=config.seed)
+        return RolloutsWithText(rollouts, IteratorBatches(text, shardings[PTX]), PTX)
 
     matmul_params = count_params(config.model)["active"] - config.model.vocab_size * config.model.dim
-    return Task(
+    return lora_task(Task(
         init_state=init_state,
-        train_step=make_train_step(policy_model, critic, ppo, optimizer, schedule),
+        train_step=make_train_step(trained_policy, critic, ppo, optimizer, schedule),
         batch_spec=batch_spec(),
-        batches=lambda shardings: OnPolicyBatches(source_init, make_rollouts(
-            policy_model, critic, ppo, stop_ids(tokenizer()), tokenizer().pad_id), shardings),
+        batches=batches,
         evaluators=lambda shardings: {},
         tokens_per_step=batch_size * length * ppo.inner_epochs * ppo.minibatches,
         flops_per_token=2 * flops_per_token(config.model, length, matmul_params),  # actor and critic
-    )
+    ), config)

@@ -29,6 +29,7 @@ from research.rl.preference_losses import LLAMA2_MARGINS, ranking_loss
 from research.train.batches import IteratorBatches
 from research.train.evaluators import summed_evaluator
 from research.train.flops import flops_per_token
+from research.train.lora_state import adapted, adapter_optimizer, lora_task
 from research.train.state import TrainState
 from research.train.task import Task
 from research.train.trainers.lm import model_tokenizer, optimizer_update
@@ -103,18 +104,19 @@ def build(config, mesh) -> Task:
         if evaluator_config.kind != "preferences":
             raise ValueError(f"config field evals.{name}.kind: {evaluator_config.kind!r} is not 'preferences'")
     model = make_model(config.model, mesh)
+    trained_model = adapted(model, config)  # LoRA: adapters and the head trained, evaluators see the merged model
     train_cfg = config.train
-    optimizer = make_optimizer(config.optimizer, train_cfg.steps)
+    optimizer = adapter_optimizer(make_optimizer(config.optimizer, train_cfg.steps), config)
     schedule = make_schedule(config.optimizer, train_cfg.steps)
     tokenizer = functools.cache(lambda: model_tokenizer(config))
 
     def init_state(rng, params=None):
-        fresh = model.init(rng, jnp.zeros((1, train_cfg.seq_len), jnp.int32))["params"]
+        fresh = trained_model.init(rng, jnp.zeros((1, train_cfg.seq_len), jnp.int32))["params"]
         params = {**fresh, **(params or {})}
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
     def objective(params, batch):
-        chosen, rejected = pair_rewards(model, params, batch)
+        chosen, rejected = pair_rewards(trained_model, params, batch)
         loss = ranking_loss(chosen, rejected, margins_of(batch["strength"], rm.margin))
         return loss, {"accuracy": jnp.mean(chosen > rejected), "reward_gap": jnp.mean(chosen - rejected)}
 
@@ -135,5 +137,5 @@ def build(config, mesh) -> Task:
         per_strength = {f"accuracy_{name.split()[0]}": float(c / p) for name, c, p in zip(STRENGTHS, correct, pairs) if p}
         return {"accuracy": float(correct.sum() / max(pairs.sum(), 1)), **per_strength}
 
-    return preference_task(config, tokenizer, init_state=init_state, train_step=train_step, eval_step=eval_step,
-                           summarize=summarize)
+    return lora_task(preference_task(config, tokenizer, init_state=init_state, train_step=train_step,
+                                     eval_step=eval_step, summarize=summarize), config)
