@@ -13,7 +13,7 @@ import experiments
 from experiments.metadata import Experiment
 
 # modules that hold no experiment: the gallery itself and what experiments share
-SUPPORT = frozenset({"__main__", "gallery", "gallery_readme", "gallery_run", "metadata", "runs"})
+SUPPORT = frozenset({"__main__", "gallery", "gallery_readme", "gallery_run", "metadata", "rl_runs", "runs"})
 RESULTS = Path(experiments.__file__).parent / "results"
 
 
