@@ -209,7 +209,7 @@ class VerifiableRollouts:
         c, group, step = self.config, self.config.group_size, int(train_state.step)
         counts = {name: np.asarray(value) for name, value in source_state.items()}
         kept, pool, skipped, refills = [], [], 0, 0
-        while len(kept) < c.prompts_per_step:
+        while True:
             problems, skipped_now = self.prompts(c.prompts_per_step - len(kept), counts, step, refills)
             skipped += skipped_now
             host, result = self.rollouts(train_state.params, problems, jax.random.fold_in(rng, refills))
@@ -222,9 +222,9 @@ class VerifiableRollouts:
                 rows = slice(index * group, (index + 1) * group)
                 informative = np.ptp(rewards[rows]) > 0 or not c.dynamic_sampling
                 (kept if informative else pool).append((rows, host, result, rewards))
-            if refills >= c.max_refills:
+            if len(kept) >= c.prompts_per_step or refills >= c.max_refills:
                 break
-            refills += 1
+            refills += 1  # a rollout of further problems for the groups dynamic sampling dropped
         chosen = (kept + pool)[:c.prompts_per_step]
         batch = self.assemble(chosen)
         batch["statistics"] = self.statistics(batch, min(len(kept), c.prompts_per_step), skipped, refills)

@@ -57,6 +57,8 @@ def test_every_variant_trains_a_step_with_finite_metrics(tmp_path, monkeypatch, 
           str(tmp_path), devices=ONE_DEVICE)
     (logged,) = [r for r in read_metrics(str(tmp_path)) if "loss" in r]
     assert np.isfinite(logged["loss"]) and np.isfinite(logged["grad_norm"])
+    if variant == "tiny_kimi":  # no dynamic sampling: one rollout, no refill
+        assert logged["rollout_refills"] == 0
 
 
 def test_dynamic_sampling_refills_groups_without_signal_and_counts_what_it_could_not(tmp_path, monkeypatch):
