@@ -1,40 +1,39 @@
 """Figure 2 of Loshchilov & Hutter (2019), "Decoupled Weight Decay Regularization", in shape.
 
-    python -m experiments.adamw_decoupling [--quick] [--points K] [--steps N] [--seeds S]
-                                           [--parallel N] [--workdir DIR] [--output PATH]
+    python -m experiments run adamw_decoupling [--quick] [--seeds N]
 
 Sweeps learning rate x weight decay for Adam with L2 regularisation and for AdamW on a very
 small LLaMA trained on the bundled CPython docs (configs/adamw_decoupling.py holds the model,
 the two grids, and how AdamW's decay is kept independent of the learning rate as in the
 paper). Both grids are one grid study of `research.sweep` (the config's get_sweep; the study
-is <workdir>/grid/study.db), every cell an ordinary run in <workdir>/grid/<cell>/, so a rerun
-resumes; then the best cell of each optimizer is trained again with `--seeds` other seeds
-(<workdir>/best_seeds/). Writes <output>.png (the
-two heatmaps of final validation loss side by side, each learning rate's basin dotted) and
-<output>.md (the grids, the best cells, and the verdict on the paper's two claims):
+is <out_dir>/grid/study.db), every cell an ordinary run of the run's seed in <out_dir>/grid/<cell>/,
+two at a time, so a rerun resumes. The cells train on one CPU device whatever XLA_FLAGS asks of this
+process (experiments/ring_allreduce.py asks for 8 fake ones). Plots adamw_decoupling.png (the two
+heatmaps of final validation loss side by side, each learning rate's basin dotted) and reports the
+grids, the best cells and the numbers behind the paper's two claims:
 (a) with AdamW the best weight decay depends much less on the learning rate (the basin of
     good settings lies along the axes rather than the diagonal);
 (b) AdamW's best result is at least as good as Adam's.
-`--quick` runs 3x3 grids of 40 steps without seed reruns and writes into the workdir unless
-`--output` is given; the default writes experiments/results/adamw_decoupling.{md,png}.
+The full run (7 × 3 cells per optimizer, 150 steps each) takes about 17 minutes on 2 cores;
+`--quick` runs one cell per optimizer (the smallest α, λ = 0) of 4 steps.
 """
 
-import argparse
+import contextlib
 import math
-import tempfile
-import time
+import os
+import re
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from experiments.metadata import DOES_NOT_HOLD, HOLDS, HOLDS_IN_PART, Claim, Experiment, Outcome, Verdict
 from research import config as config_lib
 from research import sweep
 from research.data import corpus
 from research.data.pipeline import tokenized_documents
 from research.data.tokenizer import get_tokenizer
-from research.sweep_report import draw_heatmap, metric_grid, metric_of
-from research.sweep_space import override_text
+from research.sweep_report import draw_heatmap, metric_grid
 
 CONFIG = "configs/adamw_decoupling.py"
 METRIC = "eval_loss"
@@ -45,34 +44,51 @@ TITLES = {"adam": "Adam + L2:  g ← g + λθ", "adamw": "AdamW:  θ ← θ − 
 DECAY_LABELS = {"adam": "L2 factor λ", "adamw": "decay per step λ (at the schedule's peak)"}
 BASIN_TOLERANCE = 0.01  # a cell is in its row's basin if its loss is within 1% of the row's best
 COLOR_SPAN = 0.25  # colours saturate at 25% above the best loss, so the basin's shape shows
-FULL = dict(points=0, steps=150, seeds=1)
-QUICK = dict(points=3, steps=40, seeds=0)
+FULL = dict(points=0, steps=150)  # points 0: every value of each ladder
+QUICK = dict(points=1, steps=4)
+PARALLEL = 2  # trials at a time
+DEVICE_COUNT_FLAG = re.compile(r"--xla_force_host_platform_device_count=\d+")
+
+EXPERIMENT = Experiment(
+    name="adamw_decoupling",
+    title="Decoupled weight decay: Adam + L2 against AdamW (Loshchilov & Hutter 2019, Figure 2 in shape)",
+    paper="Decoupled Weight Decay Regularization (Loshchilov & Hutter, ICLR 2019)", arxiv="1711.05101",
+    reproduces="Figure 2",
+    claims=(Claim("decoupled", "with AdamW the best weight decay depends much less on the learning rate (the basin "
+                               "of good settings lies along the axes rather than the diagonal)"),
+            Claim("as_good", "AdamW's best result is at least as good as Adam's")),
+    full_scale="the same two grids over configs/llama2.py:7b's optimizer on v5p-8 (the 7B row of "
+               "experiments/results/pod_fit.md), a few thousand steps per cell",
+    cpu_minutes=17,
+)
 
 
 def spec_of(steps: int, points: int) -> str:
     return f"{CONFIG}:steps={steps},points={points}"
 
 
-def run_trials(name: str, grid: sweep.Sweep, args, title: str) -> dict[str, list]:
-    """Runs (or resumes) `grid` as the study of <workdir>/<name>; its outcomes by optimizer."""
-    outcomes = sweep.run_sweep(grid, args.workdir / name, options=sweep.Options(parallel=args.parallel), title=title)
+@contextlib.contextmanager
+def one_cpu_device():
+    """XLA_FLAGS without a fake device count while the block runs: the trials (subprocesses that inherit the
+    environment) train on one CPU device even where this process has eight."""
+    flags = os.environ.get("XLA_FLAGS")
+    if flags is not None:
+        os.environ["XLA_FLAGS"] = DEVICE_COUNT_FLAG.sub("", flags).strip()
+    try:
+        yield
+    finally:
+        if flags is not None:
+            os.environ["XLA_FLAGS"] = flags
+
+
+def run_grid(workdir: Path, *, steps: int, points: int, seed: int) -> dict[str, list]:
+    """Both optimizers' learning-rate x decay grids, one grid study (the config's get_sweep) run (or resumed)
+    in `workdir`; its outcomes by optimizer."""
+    grid = sweep.plan_sweep(spec_of(steps, points), [], fixed=[f"seed={seed}"])
+    with one_cpu_device():
+        outcomes = sweep.run_sweep(grid, workdir, options=sweep.Options(parallel=PARALLEL),
+                                   title="Adam + L2 and AdamW: final validation loss")
     return {optimizer: [o for o in outcomes if o.values[NAME_FIELD] == optimizer] for optimizer in DECAY_FIELDS}
-
-
-def run_grid(args) -> dict[str, list]:
-    """Both optimizers' learning-rate x decay grids, one grid study (the config's get_sweep)."""
-    grid = sweep.plan_sweep(spec_of(args.steps, args.points), [])
-    return run_trials("grid", grid, args, "Adam + L2 and AdamW: final validation loss")
-
-
-def run_seeds(best_values: dict[str, dict], args) -> dict[str, list[float]]:
-    """Final losses of each optimizer's best cell trained again with seeds 1..args.seeds (NaN if failed)."""
-    plan = [{NAME_FIELD: optimizer, **{field: override_text(value) for field, value in values.items()},
-             "seed": str(seed)}
-            for optimizer, values in best_values.items() for seed in range(1, args.seeds + 1)]
-    grid = sweep.grid_sweep(spec_of(args.steps, args.points), plan)
-    outcomes = run_trials("best_seeds", grid, args, "The best cell of each optimizer with other seeds")
-    return {optimizer: [metric_of(o, METRIC) for o in group] for optimizer, group in outcomes.items()}
 
 
 def best_cell(grid: np.ndarray) -> tuple[int, int]:
@@ -106,29 +122,6 @@ def analyse(outcomes: list, optimizer: str) -> dict:
     return dict(lrs=lrs, decays=decays, grid=grid, best=(row, col), best_loss=float(grid[row, col]),
                 row_best=row_best_columns(grid), edges=basin_edges(grid),
                 failed=sum(o.error is not None for o in outcomes))
-
-
-def verdict_a(adam: dict, adamw: dict) -> str:
-    """Claim (a) in words: does the basin's edge (and, second, the best decay) move across fewer
-    columns as the learning rate changes with AdamW than with Adam + L2?"""
-    edges = spread_in_columns(adamw["edges"]), spread_in_columns(adam["edges"])
-    bests = spread_in_columns(adamw["row_best"]), spread_in_columns(adam["row_best"])
-    if edges[0] < edges[1] and bests[0] <= bests[1]:
-        return "holds"
-    if edges[0] > edges[1] and bests[0] >= bests[1]:
-        return "does not hold (the opposite is seen)"
-    return "is not resolved (the measures tie or disagree)"
-
-
-def verdict_b(adam_losses: list[float], adamw_losses: list[float]) -> str:
-    """Claim (b) in words: AdamW's best at least as good as Adam's, within the seed spread."""
-    adam_mean, adamw_mean = np.nanmean(adam_losses), np.nanmean(adamw_losses)
-    spread = max(np.nanstd(adam_losses), np.nanstd(adamw_losses)) if len(adam_losses) > 1 else 0.0
-    if adamw_mean <= adam_mean:
-        return "holds"
-    if adamw_mean - adam_mean <= spread:
-        return "holds within the seed-to-seed spread"
-    return "does not hold"
 
 
 def plot_figure(path: Path, results: dict) -> None:
@@ -209,14 +202,6 @@ def setup_text(config) -> list[str]:
     ]
 
 
-def trials_span_s(workdir: Path) -> float:
-    """Seconds from the first trial's start (its config.json, written as the run begins) to the
-    last trial's results.json, over every trial under `workdir`."""
-    starts = [path.stat().st_mtime for path in workdir.glob("*/*/config.json")]
-    ends = [path.stat().st_mtime for path in workdir.glob("*/*/results.json")]
-    return max(ends) - min(starts) if starts and ends else 0.0
-
-
 def columns_text(count: int) -> str:
     return f"{count} column" + ("" if count == 1 else "s")
 
@@ -251,21 +236,14 @@ def border_note(r: dict) -> str:
     return f" (on the grid's border: {' and '.join(sides)}; a better setting may lie outside the grid)" if sides else ""
 
 
-def write_markdown(path: Path, results: dict, seeds: dict, args) -> None:
-    """The report: setup, figure, grids, best cells, verdicts."""
+def markdown_body(results: dict, steps: int, points: int) -> str:
+    """Setup, figure notes, both grids with their best cells, and the numbers behind each claim."""
     adam, adamw = results["adam"], results["adamw"]
-    a, b = verdict_a(adam, adamw), verdict_b(seeds["adam"], seeds["adamw"])
     zero_gap = np.nanmax(np.abs(adam["grid"][:, 0] - adamw["grid"][:, 0]))
-    trials = sum(r["grid"].size for r in results.values()) + sum(len(s) - 1 for s in seeds.values())
     lines = [
-        "# Decoupled weight decay: Adam + L2 against AdamW (Loshchilov & Hutter 2019, Figure 2 in shape)", "",
-        f"Written by `python -m experiments.adamw_decoupling{' --quick' if args.quick else ''}` "
-        f"(steps={args.steps}, points={args.points or 'all'}, seeds={args.seeds}). Its {trials} runs took "
-        f"{trials_span_s(args.workdir) / 60:.1f} min of wall-clock time on this machine, {args.parallel} at a "
-        "time (from the first run's start to the last run's results, including any pause between "
-        "invocations).", "",
-        *setup_text(config_lib.load(spec_of(args.steps, args.points))),
-        f"![Adam + L2 and AdamW heatmaps]({path.with_suffix('.png').name})", "",
+        f"steps={steps}, points={points or 'all'}: {sum(r['grid'].size for r in results.values())} runs, "
+        f"{PARALLEL} at a time.", "",
+        *setup_text(config_lib.load(spec_of(steps, points))),
         f"Dots: the cells within {BASIN_TOLERANCE:.0%} of their learning rate's best (each row's basin); red "
         "frame: the best cell. Colours saturate at "
         f"{COLOR_SPAN:.0%} above the best loss. λ=0 is the same computation for both optimizers: their "
@@ -279,70 +257,61 @@ def write_markdown(path: Path, results: dict, seeds: dict, args) -> None:
                   f"(the basin's edge): {decays_at(r, r['edges'])}. Failed cells: {r['failed']}.", ""]
     adam_edges, adamw_edges = edge_values(adam), edge_values(adamw)
     optax_edges = [edge / lr for edge, lr in zip(adamw_edges, adamw["lrs"])]
-    seed_shifts = {optimizer: np.nanmax(np.abs(np.array(losses) - losses[0])) for optimizer, losses in seeds.items()}
-    seed_text = "; ".join(f"{optimizer}: " + ", ".join(f"{loss:.4f}" for loss in losses)
-                          for optimizer, losses in seeds.items())
     lines += [
-        "## Verdict", "",
-        f"**(a) With AdamW the best weight decay depends much less on the learning rate: {a}.** Across the "
-        f"{len(adam['lrs'])} learning rates, the edge of the basin (the largest λ within {BASIN_TOLERANCE:.0%} "
-        f"of that learning rate's best loss) moves over {columns_text(spread_in_columns(adam['edges']))} "
-        f"(half decades) with Adam + L2 and over {columns_text(spread_in_columns(adamw['edges']))} with AdamW; "
-        f"the best λ moves over {columns_text(spread_in_columns(adam['row_best']))} and "
-        f"{columns_text(spread_in_columns(adamw['row_best']))}. As α grows, Adam + L2's edge "
-        f"{trend(adam['edges'])} and AdamW's {trend(adamw['edges'])}: the edges span {decades_text(adam_edges)} "
-        f"with Adam + L2 and {decades_text(adamw_edges)} with AdamW in the paper's units, "
+        "## The claims in numbers", "",
+        f"(a) Across the {len(adam['lrs'])} learning rates, the edge of the basin (the largest λ within "
+        f"{BASIN_TOLERANCE:.0%} of that learning rate's best loss) moves over "
+        f"{columns_text(spread_in_columns(adam['edges']))} (half decades) with Adam + L2 and over "
+        f"{columns_text(spread_in_columns(adamw['edges']))} with AdamW; the best λ moves over "
+        f"{columns_text(spread_in_columns(adam['row_best']))} and "
+        f"{columns_text(spread_in_columns(adamw['row_best']))}. "
+        f"As α grows, Adam + L2's edge {trend(adam['edges'])} and AdamW's {trend(adamw['edges'])}: the edges span "
+        f"{decades_text(adam_edges)} with Adam + L2 and {decades_text(adamw_edges)} with AdamW in the paper's units, "
         f"{decades_text(optax_edges)} in optax's units λ/α ({', '.join(f'{e:.3g}' for e in optax_edges)}); an "
         "edge at the largest λ is only a lower bound. The claim is taken to hold when AdamW's basin edge moves "
         "less and its best λ no more; the best λ alone is decided by differences within noise where a row is "
         "flat.", "",
-        f"**(b) AdamW's best result is at least as good as Adam's: {b}.** Best cells (seed 0, then the "
-        f"reruns with other seeds): {seed_text}; mean {np.nanmean(seeds['adam']):.4f} (Adam + L2) against "
-        f"{np.nanmean(seeds['adamw']):.4f} (AdamW).", "",
-        "Caveats: one tiny model, a short run, one seed per cell and a grid of half decades. "
-        + (f"Other seeds moved the best cells' loss by up to {seed_shifts['adam']:.4f} (Adam + L2) and "
-           f"{seed_shifts['adamw']:.4f} (AdamW), so smaller differences between cells are not resolved. "
-           if args.seeds else "No seed reruns, so the noise between cells is not measured. ")
-        + "The paper's regime (100 epochs, where weight decay regularises) is not reached.", "",
+        f"(b) Best cells: {adam['best_loss']:.4f} (Adam + L2) against {adamw['best_loss']:.4f} (AdamW).", "",
+        "Caveats: one tiny model, a short run, one seed per cell and a grid of half decades; the gallery's "
+        "--seeds reruns the whole grid per seed. The paper's regime (100 epochs, where weight decay "
+        "regularises) is not reached.",
     ]
-    path.write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="3x3 grids of 40 steps, no seed reruns")
-    parser.add_argument("--points", type=int, help="values per axis, spread over each ladder (0: all)")
-    parser.add_argument("--steps", type=int, help="training steps per cell")
-    parser.add_argument("--seeds", type=int, help="extra seeds for each optimizer's best cell")
-    parser.add_argument("--parallel", type=int, default=2, help="trials at a time")
-    parser.add_argument("--workdir", type=Path, help="where the trials run (default: a directory in the temp dir)")
-    parser.add_argument("--output", type=Path, help="path of the .md and .png, without the suffix")
-    args = parser.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    args.workdir = args.workdir or Path(tempfile.gettempdir()) / f"adamw_decoupling_{args.steps}steps"
-    default_output = args.workdir / "adamw_decoupling" if args.quick else Path("experiments/results/adamw_decoupling")
-    args.output = args.output or default_output
-    return args
+def run(out_dir: Path, *, quick: bool, seed: int) -> Outcome:
+    """Runs (or resumes) both grids in out_dir/grid, plots the heatmaps and tabulates the cells."""
+    scale = QUICK if quick else FULL
+    outcomes = run_grid(out_dir / "grid", seed=seed, **scale)
+    results = {optimizer: analyse(group, optimizer) for optimizer, group in outcomes.items()}
+    plot_figure(out_dir / "adamw_decoupling.png", results)
+    headline = {}
+    for optimizer, r in results.items():
+        headline.update({f"best_loss_{optimizer}": r["best_loss"],
+                         f"edge_spread_{optimizer}": spread_in_columns(r["edges"]),
+                         f"best_decay_spread_{optimizer}": spread_in_columns(r["row_best"])})
+    rows = [{"optimizer": optimizer, "learning_rate": lr, "decay": decay, METRIC: float(r["grid"][i, j])}
+            for optimizer, r in results.items() for i, lr in enumerate(r["lrs"]) for j, decay in enumerate(r["decays"])]
+    return Outcome(headline=headline, rows=rows, markdown=markdown_body(results, **scale),
+                   plots=(out_dir / "adamw_decoupling.png",))
 
 
-def main(argv=None) -> dict:
-    """Runs (or resumes) both grids and the seed reruns, writes the figure and the report; returns
-    the analysis of each optimizer."""
-    args = parse_args(argv)
-    started = time.perf_counter()
-    results = {optimizer: analyse(outcomes, optimizer) for optimizer, outcomes in run_grid(args).items()}
-    best_values = {optimizer: {LR_FIELD: r["lrs"][r["best"][0]], DECAY_FIELDS[optimizer]: r["decays"][r["best"][1]]}
-                   for optimizer, r in results.items()}
-    extra = run_seeds(best_values, args) if args.seeds else {optimizer: [] for optimizer in results}
-    seeds = {optimizer: [r["best_loss"], *extra[optimizer]] for optimizer, r in results.items()}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    plot_figure(args.output.with_suffix(".png"), results)
-    write_markdown(args.output.with_suffix(".md"), results, seeds, args)
-    print(f"wrote {args.output.with_suffix('.md')} and .png after {(time.perf_counter() - started) / 60:.1f} min")
-    return results
-
-
-if __name__ == "__main__":
-    main()
+def judge(headline: dict) -> dict:
+    """(a) AdamW's basin edge moves over fewer grid columns across the learning rates than Adam + L2's and its
+    best decay over no more (holds); both no fewer (does not hold); the two measures disagree (in part).
+    (b) AdamW's best loss at most Adam's (holds), above it within the seeds' spread (in part), beyond it (not)."""
+    edges = headline["edge_spread_adamw"].mean, headline["edge_spread_adam"].mean
+    bests = headline["best_decay_spread_adamw"].mean, headline["best_decay_spread_adam"].mean
+    if edges[0] < edges[1] and bests[0] <= bests[1]:
+        decoupled = HOLDS
+    elif edges[0] >= edges[1] and bests[0] >= bests[1]:
+        decoupled = DOES_NOT_HOLD
+    else:
+        decoupled = HOLDS_IN_PART
+    adam, adamw = headline["best_loss_adam"], headline["best_loss_adamw"]
+    gap, spread = adamw.mean - adam.mean, max(adam.std, adamw.std)
+    as_good = HOLDS if gap <= 0 else HOLDS_IN_PART if gap <= spread else DOES_NOT_HOLD
+    return {"decoupled": Verdict(decoupled, f"the basin's edge moves over {edges[1]:g} columns with Adam + L2, "
+                                            f"{edges[0]:g} with AdamW; the best λ over {bests[1]:g} and {bests[0]:g}"),
+            "as_good": Verdict(as_good, f"best loss Adam + L2 {adam.mean:.4f}, AdamW {adamw.mean:.4f} ({gap:+.4f}, "
+                                        f"seed std {spread:.4f})")}

@@ -1,6 +1,6 @@
 """JSON extraction by a tiny fine-tuned LLaMA: unconstrained, prompt-only (Kor style) and constrained.
 
-    python -m experiments.structured_generation [--quick] [--steps N] [--per-schema K] [--output PATH]
+    python -m experiments run structured_generation [--quick] [--seeds N]
 
 Data: procedural extraction examples. Each of the 32 schemas (flat records, enums, formats,
 arrays, nested objects, anyOf, then mixes of them) lists fields; an example draws values,
@@ -21,15 +21,14 @@ and per-token overhead against outlines-core and llguidance and the keyword cove
 (scripts/bench_structured.py) on the byte vocabulary and the pydoc SentencePiece vocabulary
 (--quick: one bench schema, byte vocabulary, ours alone: the comparison libraries are bench
 dependencies that tests never import).
-The default (300 steps) runs in about 15 minutes on 2 CPU cores; `--quick` trains 5 steps of a
-very small model on 2 schemas and writes into a temporary directory unless `--output` is given.
+The full run (300 steps) takes about 10 minutes on 2 CPU cores; `--quick` trains 5 steps of a
+very small model on 2 schemas. The seed sets the initialisation, the training examples and the
+fresh evaluation examples.
 """
 
-import argparse
+import dataclasses
 import functools
 import json
-import tempfile
-import time
 from pathlib import Path
 
 import flax.linen as nn
@@ -37,6 +36,7 @@ import jax
 import jsonschema
 import numpy as np
 
+from experiments.metadata import DOES_NOT_HOLD, HOLDS, HOLDS_IN_PART, Claim, Experiment, Outcome, Verdict
 from research import config as config_lib
 from research.data import corpus
 from research.data.tokenizer import ByteTokenizer, corpus_sentencepiece
@@ -124,15 +124,47 @@ SCHEMA_FIELDS = [
     ("name", "age", "email", "tags"), ("id", "address", "phone"), ("name", "pets", "digits", "born"),
     ("name", "age", "city", "level", "active", "score"), ("score", "email", "address"), ("name", "born", "pets", "phone"),
 ]
-QUICK_SCHEMAS = 2
 MODEL = ["model.vocab_size=272", "data.tokenizer=byte", "model.max_seq_len=1024"]
 FULL_SHAPE = ["model.dim=128", "model.num_layers=2", "model.num_heads=4", "model.num_kv_heads=2",
               "model.hidden_dim=344"]
 QUICK_SHAPE = ["model.dim=32", "model.num_layers=1", "model.num_heads=2", "model.num_kv_heads=1",
                "model.hidden_dim=64"]
-FULL = dict(steps=300, per_schema=4, batch_size=16, seq_len=256)
-QUICK = dict(steps=5, per_schema=2, batch_size=4, seq_len=256)
+EVAL_SEED = 12345  # the fresh evaluation examples: apart from the training draws
 MODES = ("unconstrained", "prompt-only", "constrained")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """One run's size: training steps and batch, evaluation examples per schema, the schemas evaluated (the
+    first `schemas` of SCHEMA_FIELDS, all when None), the model shape and the bench's schemas and libraries."""
+    steps: int
+    batch_size: int
+    seq_len: int
+    per_schema: int
+    schemas: int | None
+    shape: tuple
+    bench_schemas: int | None
+    bench_libraries: tuple
+    sentencepiece_bench: bool
+
+
+FULL = Settings(steps=300, batch_size=16, seq_len=256, per_schema=4, schemas=None, shape=tuple(FULL_SHAPE),
+                bench_schemas=None, bench_libraries=tuple(bench_structured.LIBRARIES), sentencepiece_bench=True)
+QUICK = Settings(steps=5, batch_size=4, seq_len=256, per_schema=2, schemas=2, shape=tuple(QUICK_SHAPE),
+                 bench_schemas=1, bench_libraries=("ours",), sentencepiece_bench=False)
+
+EXPERIMENT = Experiment(
+    name="structured_generation",
+    title="Structured generation: validity and field accuracy of a tiny JSON-extraction model",
+    paper="Efficient Guided Generation for Large Language Models (Willard & Louf, 2023; outlines)",
+    arxiv="2307.09702", reproduces="§3–4 (generation guided by an index of the vocabulary over automaton states)",
+    claims=(Claim("valid", "generation guided by the schema's automaton makes every output valid"),
+            Claim("content", "the guide changes the form only: field accuracy stays that of free generation")),
+    full_scale="the same three modes on a configs/llama2.py:7b fine-tuned for extraction, v5p-8 (the 7B row of "
+                "experiments/results/pod_fit.md)",
+    cpu_minutes=10.4,
+    paper_numbers={"validity_constrained": "100% (by construction)"},
+)
 
 
 def schema_of(fields) -> dict:
@@ -167,17 +199,17 @@ def training_batch(rng, tokenizer, batch_size: int, seq_len: int) -> dict:
     return dict(inputs=inputs, targets=targets, positions=positions, segment_ids=segment_ids, weights=weights)
 
 
-def train(config, tokenizer, args) -> tuple:
-    """(model, params, final loss) after `args.steps` AdamW steps of the LM trainer's step."""
+def train(config, tokenizer, settings: Settings) -> tuple:
+    """(model, params, final loss) after `settings.steps` AdamW steps of the LM trainer's step."""
     model = make_model(config.model)
-    optimizer = make_optimizer(config.optimizer, args.steps)
-    state = make_init_state(model, optimizer, args.seq_len)(jax.random.key(config.seed))
-    step = jax.jit(make_train_step(model, optimizer, make_schedule(config.optimizer, args.steps), 1))
+    optimizer = make_optimizer(config.optimizer, settings.steps)
+    state = make_init_state(model, optimizer, settings.seq_len)(jax.random.key(config.seed))
+    step = jax.jit(make_train_step(model, optimizer, make_schedule(config.optimizer, settings.steps), 1))
     rng, loss = np.random.default_rng(config.seed), float("nan")
-    for index in range(args.steps):
-        batch = training_batch(rng, tokenizer, args.batch_size, args.seq_len)
-        state, metrics = step(state, batch, jax.random.fold_in(jax.random.key(1), index))
-        if index % 50 == 0 or index == args.steps - 1:
+    for index in range(settings.steps):
+        batch = training_batch(rng, tokenizer, settings.batch_size, settings.seq_len)
+        state, metrics = step(state, batch, jax.random.fold_in(jax.random.key(config.seed + 1), index))
+        if index % 50 == 0 or index == settings.steps - 1:
             loss = float(metrics["loss"])
             print(f"step {index}: loss {loss:.4f}", flush=True)
     return model, nn.meta.unbox(state.params), loss
@@ -198,37 +230,46 @@ def scores(values, truths, schema) -> tuple[int, float]:
     return valid, float(accuracy)
 
 
-def evaluate(model, params, tokenizer, args) -> list[dict]:
-    """One row per schema: validity and field accuracy of each mode on `args.per_schema` fresh examples."""
-    rng = np.random.default_rng(12345)
+def evaluate(model, params, tokenizer, settings: Settings, seed: int) -> list[dict]:
+    """One row per schema: validity and field accuracy of each mode on `settings.per_schema` fresh examples."""
+    rng = np.random.default_rng(EVAL_SEED + seed)
     rows = []
-    for fields in SCHEMA_FIELDS[: QUICK_SCHEMAS if args.quick else None]:
+    for fields in SCHEMA_FIELDS[:settings.schemas]:
         schema = schema_of(fields)
         shot = example(fields, rng)
-        tests = [example(fields, rng) for _ in range(args.per_schema)]
+        tests = [example(fields, rng) for _ in range(settings.per_schema)]
         prompts, truths = [p for p, _ in tests], [v for _, v in tests]
         budget = max(len(as_json(v)) for v in truths) + 24
-        run = functools.partial(generate_json, model, params, tokenizer, schema, prompts, max_new_tokens=budget)
+        run_json = functools.partial(generate_json, model, params, tokenizer, schema, prompts, max_new_tokens=budget)
         predictions = {"unconstrained": unconstrained_values(model, params, tokenizer, prompts, budget),
-                       "prompt-only": run(constrained=False, examples=[shot]), "constrained": run()}
+                       "prompt-only": run_json(constrained=False, examples=[shot]), "constrained": run_json()}
         row = {"schema": "+".join(fields), "n": len(tests)}
         for mode, values in predictions.items():
             row[mode] = scores(values, truths, schema)
         rows.append(row)
-        print(row, flush=True)
     return rows
 
 
 def totals(rows) -> dict:
+    """Per mode: (share of valid documents, mean field accuracy) over every evaluated example."""
     count = sum(r["n"] for r in rows)
     return {mode: (sum(r[mode][0] for r in rows) / count, sum(r[mode][1] for r in rows) / count) for mode in MODES}
 
 
-def write_markdown(path: Path, rows, overall, loss, bench, args, minutes: float) -> None:
-    lines = ["# Structured generation: validity and field accuracy of a tiny extraction model", "",
-             f"Byte-level LLaMA ({'quick shape' if args.quick else 'width 128, 2 layers'}), {args.steps} steps of "
-             f"{args.batch_size} procedural extraction examples (final train loss {loss:.3f}); "
-             f"{args.per_schema} fresh examples per schema, greedy. Total wall time {minutes:.1f} min.", "",
+def bench_results(tokenizer, settings: Settings) -> dict:
+    """{vocabulary label: (scripts/bench_structured.run's results, vocabulary size)}."""
+    schemas = list(bench_structured.BENCH_SCHEMAS)[:settings.bench_schemas]
+    bench = {"byte": (bench_structured.run(tokenizer, 1, schemas, settings.bench_libraries), tokenizer.vocab_size)}
+    if settings.sentencepiece_bench:
+        sentencepiece = corpus_sentencepiece("pydoc_topics", 4096, corpus.default_data_dir())
+        bench["SentencePiece"] = (bench_structured.run(sentencepiece, repeats=1), sentencepiece.vocab_size)
+    return bench
+
+
+def markdown_body(rows, overall, loss, bench, settings: Settings, quick: bool) -> str:
+    lines = [f"Byte-level LLaMA ({'quick shape' if quick else 'width 128, 2 layers'}), {settings.steps} steps of "
+             f"{settings.batch_size} procedural extraction examples (final train loss {loss:.3f}); "
+             f"{settings.per_schema} fresh examples per schema, greedy.", "",
              "| mode | validity (parse + jsonschema) | field accuracy |", "|---|---|---|"]
     lines += [f"| {mode} | {overall[mode][0]:.1%} | {overall[mode][1]:.1%} |" for mode in MODES]
     lines += ["", "Per schema (valid / n, field accuracy):", "",
@@ -252,48 +293,38 @@ def write_markdown(path: Path, rows, overall, loss, bench, args, minutes: float)
     lines += ["", "Building is not enforcing: a library may accept a keyword and ignore it (outlines-core accepts "
               "uniqueItems without enforcing it). Ours refuses what it cannot enforce exactly, and its "
               "constrained outputs always finish within max_new_tokens. xgrammar is not measured (not part of "
-              "the bench: its wheels pull in PyTorch, which the bench environment does not carry).", ""]
-    path.write_text("\n".join(lines))
+              "the bench: its wheels pull in PyTorch, which the bench environment does not carry)."]
+    return "\n".join(lines)
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="5 steps of a very small model on 2 schemas")
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--per-schema", type=int)
-    parser.add_argument("--output", type=Path, help="path of the .md, without the suffix")
-    args = parser.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    default = Path(tempfile.mkdtemp()) / "structured_generation" if args.quick else \
-        Path("experiments/results/structured_generation")
-    args.output = args.output or default
-    return args
-
-
-def main(argv=None) -> dict:
-    """Trains the model, evaluates the three modes, benchmarks the index; writes <output>.md."""
-    args = parse_args(argv)
-    started = time.perf_counter()
-    warmup = [f"optimizer.warmup_steps={min(20, args.steps // 5)}"]
-    config = config_lib.load("configs/llama2.py:tiny", MODEL + warmup + (QUICK_SHAPE if args.quick else FULL_SHAPE))
+def run(out_dir: Path, *, quick: bool, seed: int) -> Outcome:
+    """Trains the model, evaluates the three modes, benchmarks the index (nothing is written to `out_dir`)."""
+    settings = QUICK if quick else FULL
+    warmup = [f"optimizer.warmup_steps={min(20, settings.steps // 5)}", f"seed={seed}"]
+    config = config_lib.load("configs/llama2.py:tiny", MODEL + warmup + list(settings.shape))
     tokenizer = ByteTokenizer(vocab_size=config.model.vocab_size)
-    model, params, loss = train(config, tokenizer, args)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    rows = evaluate(model, params, tokenizer, args)
+    model, params, loss = train(config, tokenizer, settings)
+    rows = evaluate(model, params, tokenizer, settings, seed)
     overall = totals(rows)
-    bench_schemas = list(bench_structured.BENCH_SCHEMAS)[:1 if args.quick else None]
-    libraries = ("ours",) if args.quick else tuple(bench_structured.LIBRARIES)
-    bench = {"byte": (bench_structured.run(tokenizer, 1, bench_schemas, libraries), tokenizer.vocab_size)}
-    if not args.quick:
-        sentencepiece = corpus_sentencepiece("pydoc_topics", 4096, corpus.default_data_dir())
-        bench["SentencePiece"] = (bench_structured.run(sentencepiece, repeats=1), sentencepiece.vocab_size)
-    path = args.output.with_suffix(".md")
-    write_markdown(path, rows, overall, loss, bench, args, (time.perf_counter() - started) / 60)
-    print(f"wrote {path}")
-    return {"rows": rows, "overall": overall, "loss": loss, "bench": bench}
+    bench = bench_results(tokenizer, settings)
+    headline = {f"{measure}_{mode.replace('-', '_')}": overall[mode][index]
+                for index, measure in enumerate(("validity", "accuracy")) for mode in MODES}
+    headline["train_loss"] = loss
+    table = [{"schema": row["schema"], "n": row["n"],
+              **{f"{mode}_{measure}": row[mode][index] for mode in MODES
+                 for index, measure in enumerate(("valid", "accuracy_sum"))}} for row in rows]
+    return Outcome(headline=headline, rows=table, markdown=markdown_body(rows, overall, loss, bench, settings, quick))
 
 
-if __name__ == "__main__":
-    main()
+def judge(headline: dict) -> dict:
+    """Valid: every constrained document valid (holds), more of them than free generation's (in part). Content:
+    constrained field accuracy within the seeds' spread of free generation's or above (holds), below it (not)."""
+    valid, free = headline["validity_constrained"], headline["validity_unconstrained"]
+    valid_status = HOLDS if valid.mean == 1.0 else HOLDS_IN_PART if valid.mean > free.mean else DOES_NOT_HOLD
+    guided, unguided = headline["accuracy_constrained"], headline["accuracy_unconstrained"]
+    gap, spread = guided.mean - unguided.mean, max(guided.std, unguided.std)
+    return {"valid": Verdict(valid_status, f"valid documents: constrained {valid.mean:.1%}, free generation "
+                                           f"{free.mean:.1%}, prompt-only {headline['validity_prompt_only'].mean:.1%}"),
+            "content": Verdict(HOLDS if gap >= -spread else DOES_NOT_HOLD,
+                               f"field accuracy: constrained {guided.mean:.1%}, free generation {unguided.mean:.1%} "
+                               f"({gap:+.1%}, seed std {spread:.1%})")}

@@ -1,5 +1,5 @@
 """experiments/structured_generation.py: the data and scoring on known values, and the quick
-experiment end to end (constrained output always valid, the report written)."""
+experiment through the gallery (constrained output always valid, the report written)."""
 
 import json
 
@@ -7,6 +7,7 @@ import jsonschema
 import numpy as np
 
 from experiments import structured_generation as experiment
+from tests.experiments.quick import run_quick
 
 
 def test_every_schema_accepts_its_own_examples_and_the_prompt_names_the_fields():
@@ -26,11 +27,11 @@ def test_scores_count_valid_documents_and_matching_fields():
     assert valid == 2 and accuracy == 0.5 + 0 + 1
 
 
-def test_the_quick_experiment_writes_the_table(tmp_path):
-    output = tmp_path / "structured_generation"
-    result = experiment.main(["--quick", "--output", str(output)])
-    assert result["overall"]["constrained"][0] == 1.0  # every constrained document valid, even untrained
-    report = output.with_suffix(".md").read_text()
+def test_quick_run_constrains_every_document_and_benches_the_index(tmp_path):
+    report, outcome = run_quick("structured_generation", tmp_path)
+    assert outcome.headline["validity_constrained"] == 1.0  # every constrained document valid, even untrained
+    assert [row["schema"] for row in outcome.rows] == ["+".join(f) for f in experiment.SCHEMA_FIELDS[:2]]
+    assert report["verdicts"]["valid"]["status"] == "holds"
     for text in ("| constrained | 100.0% |", "| unconstrained |", "| prompt-only |", "| schema | build ours |",
                  "| pattern | yes |", "| recursive $ref | no |"):
-        assert text in report
+        assert text in outcome.markdown
