@@ -36,7 +36,7 @@ def latest_report(name: str, results: Path) -> dict | None:
 
 
 def verdict_cell(report: dict | None, key: str) -> str:
-    return "not run yet" if report is None else report["verdicts"][key]["status"]
+    return "no gallery run yet" if report is None else report["verdicts"][key]["status"]
 
 
 def contents(modules, results: Path) -> str:
@@ -59,7 +59,9 @@ def section(module, results: Path) -> str:
              f"{experiment.reproduces}. Full scale: {experiment.full_scale}. "
              f"`python -m experiments run {experiment.name}` takes about {experiment.cpu_minutes:g} min on 2 CPU cores."]
     if report is None:
-        return "\n\n".join(parts + ["Not run yet."])
+        earlier = results / f"{experiment.name}.md"
+        return "\n\n".join(parts + [f"No gallery run yet; the last report written by hand: [results/{earlier.name}]"
+                                      f"(results/{earlier.name})." if earlier.exists() else "Not run yet."])
     parts += [f"![{plot}](results/{plot})" for plot in report["plots"]]
     rows = ["| headline | here | paper |", "|---|---|---|"]
     for name, value in report["headline"].items():

@@ -91,4 +91,8 @@ def test_the_readme_shows_a_full_report_and_ignores_a_quick_one(tmp_path):
     assert "| x | 1.5 ± 0.71 | 1.0 |" in text and "**holds** — x = 1.5" in text
     report = json.loads((tmp_path / "fake.json").read_text())
     (tmp_path / "fake.json").write_text(json.dumps({**report, "quick": True}))
+    (tmp_path / "fake.md").unlink()
     assert "Not run yet." in gallery_readme.section(module, tmp_path)
+    (tmp_path / "fake.md").write_text("a report from before the gallery")
+    assert "No gallery run yet; the last report written by hand: [results/fake.md]" in gallery_readme.section(
+        module, tmp_path)
