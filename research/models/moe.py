@@ -25,11 +25,14 @@ Dispatch (`moe.dispatch`):
         [E, N·C, d], and y_{n,g} = Σ_{e,c} M[n, g, e, c] · FFN_e(X[e, n])[c]. The one-hot tensors hold
         T·E·C elements with C ∝ G, so cost and memory are linear in T (one group of all T: quadratic).
     "dropless": the T·k (token, choice) assignments sorted by expert, each expert's rows one group
-        of a grouped matmul (`jax.lax.ragged_dot`, group sizes = assignments per expert), the
-        results unsorted and summed over the k choices with their weights. Nothing is dropped.
-        Speed: XLA:CPU and XLA:GPU do not group `ragged_dot`; on an H200 (jax 0.11.2) it took 4.6× (8
-        experts) to 54× (64 experts) the time of a dense matmul of its FLOPs, the capacity path's batched
-        matmul 1.1–1.4× (experiments/results/grouped_matmul_bench.md): there "capacity" is the fast path.
+        of a grouped matmul (group sizes = assignments per expert), the results unsorted and summed
+        over the k choices with their weights. Nothing is dropped. The grouped matmul
+        (`moe.grouped_matmul`, `grouped_matmul_of`) is the Pallas kernel of
+        pallas_kernels/grouped_matmul.py on TPU and GPU ("auto"), which runs 2·rows·d·h FLOPs per
+        matmul and skips the tiles past the last group, and `jax.lax.ragged_dot` on CPU: XLA:CPU and
+        XLA:GPU do not group `ragged_dot` (on an H200, jax 0.11.2, it took 4.6× (8 experts) to 54×
+        (64 experts) the time of a dense matmul of its FLOPs, experiments/results/grouped_matmul_bench.md)
+        and XLA:TPU's compiled step counted ~20× the model FLOPs (experiments/results/pod_fit.md).
 Both paths give the same output when nothing is dropped.
 
 Statistics, sown float32 into the `MOE_COLLECTION` collection (unweighted; the trainer weighs them),
@@ -62,11 +65,15 @@ dropped count is summed over the token axes.
         its experts from every device's groups; the reverse all_to_all restores [E, N·C, d]. A device's
         tokens are a contiguous run of the batch, so when `moe.capacity_group_size` divides the local
         token count the groups are the unsharded layer's, and so are the drops.
-    "dropless": `jax.lax.ragged_all_to_all` is not implemented by XLA:CPU in this JAX, so an
-        all_to_all of static worst-case buffers [ep, T_local·k, d] (all local assignments could go to
-        one device) carries the rows, and [ep, T_local·k] the local expert id of each row (E/ep marks
-        an empty slot). The receiver groups the ep·T_local·k rows by expert (empty slots last, outside
-        every group) for `ragged_dot`. The buffers cost ep× the memory of the assignments; nothing drops.
+    "dropless": where `jax.lax.ragged_all_to_all` compiles (TPU, GPU; `ragged_all_to_all_supported`)
+        the local assignments, sorted by expert, go to their devices as one contiguous chunk each, of
+        exactly the rows sent (`dropless_ragged_expert_parallel`); the receiver's buffer holds the
+        worst case ep·T_local·k rows, of which the grouped matmul touches only those received. XLA:CPU
+        does not implement it, so there an all_to_all of static worst-case buffers [ep, T_local·k, d]
+        (all local assignments could go to one device) carries the rows, and [ep, T_local·k] the local
+        expert id of each row (E/ep marks an empty slot). The receiver groups the ep·T_local·k rows by
+        expert (empty slots last, outside every group) for the grouped matmul. The padded buffers
+        cost ep× the memory and all_to_all bytes of the assignments; nothing drops either way.
 The shared experts are a plain `layers.SwiGLU` outside the shard_map. Without a mesh, or for tokens that
 do not split evenly over the devices, the layer is plain jnp and GSPMD partitions it (the capacity groups
 then cut the whole batch).
@@ -82,12 +89,15 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
+from pallas_kernels.compile_target import compile_target
+from pallas_kernels.grouped_matmul import grouped_matmul
 from research.models.layers import SwiGLU, param_with_axes
 from research.parallel.mesh import mesh_axis_names, mesh_axis_size
 
 MOE_COLLECTION = "moe"
 ROUTERS = ("softmax_topk", "topk_softmax")
 DISPATCHES = ("dropless", "capacity")
+GROUPED_MATMULS = ("auto", "ragged_dot", "pallas")
 EXPERT_AXIS = "expert"
 TENSOR_AXIS = "tensor"
 
@@ -123,6 +133,8 @@ def check_moe_config(moe, expert_axis_size: int = 1) -> None:
         raise ValueError(f"moe.router={moe.router!r} is not one of {ROUTERS}")
     if moe.dispatch not in DISPATCHES:
         raise ValueError(f"moe.dispatch={moe.dispatch!r} is not one of {DISPATCHES}")
+    if grouped_matmul_choice(moe) not in GROUPED_MATMULS:
+        raise ValueError(f"moe.grouped_matmul={grouped_matmul_choice(moe)!r} is not one of {GROUPED_MATMULS}")
     if moe.num_experts % expert_axis_size:
         raise ValueError(f"moe.num_experts={moe.num_experts} is not divisible by mesh.expert={expert_axis_size}")
 
@@ -208,21 +220,45 @@ def batched_swiglu(x, weights: ExpertWeights, dtype):
     return jnp.einsum("ech,ehd->ecd", nn.silu(gate) * up, weights.down.astype(dtype))
 
 
-def grouped_swiglu(rows, group_sizes, weights: ExpertWeights, dtype):
+def grouped_matmul_choice(moe) -> str:
+    """`moe.grouped_matmul`, "auto" when the config predates the field."""
+    return moe.get("grouped_matmul", "auto")
+
+
+def grouped_matmul_of(moe, per_device: bool, expected_rows: int):
+    """The grouped matmul (lhs [N, k], rhs [E, k, n], group_sizes [E]) ↦ [N, n] of the dropless path.
+
+    "pallas": pallas_kernels/grouped_matmul.py (Mosaic on TPU, Triton on GPU, the interpreter on CPU);
+    "ragged_dot": `jax.lax.ragged_dot`; "auto": the kernel when it compiles for an accelerator (a TPU
+    or GPU backend, or research/tools/aot.py lowering for TPU), ragged_dot on CPU. The kernel runs only
+    `per_device` (inside the expert-parallel shard_map, or without a mesh): GSPMD cannot partition a
+    Pallas kernel, so the plain path on a mesh always takes ragged_dot. The kernel declares the cost
+    of `expected_rows` rows: a device's T·k assignments, which is also the mean number of rows an
+    expert-parallel receive buffer of ep·T·k rows holds (every device sends T·k).
+    """
+    choice = grouped_matmul_choice(moe)
+    if choice == "auto":
+        choice = "pallas" if compile_target(None) in ("tpu", "gpu") else "ragged_dot"
+    if choice == "pallas" and per_device:
+        return functools.partial(grouped_matmul, expected_rows=expected_rows)
+    return lax.ragged_dot
+
+
+def grouped_swiglu(rows, group_sizes, weights: ExpertWeights, dtype, matmul=lax.ragged_dot):
     """FFN_e on consecutive row groups: rows [N, d], the first group_sizes[0] rows to expert 0, the next
-    group_sizes[1] to expert 1, ...; rows past Σ group_sizes give 0."""
-    gate = lax.ragged_dot(rows, weights.gate.astype(dtype), group_sizes)
-    up = lax.ragged_dot(rows, weights.up.astype(dtype), group_sizes)
-    return lax.ragged_dot(nn.silu(gate) * up, weights.down.astype(dtype), group_sizes)
+    group_sizes[1] to expert 1, ...; rows past Σ group_sizes give 0. `matmul` is the grouped matmul."""
+    gate = matmul(rows, weights.gate.astype(dtype), group_sizes)
+    up = matmul(rows, weights.up.astype(dtype), group_sizes)
+    return matmul(nn.silu(gate) * up, weights.down.astype(dtype), group_sizes)
 
 
-def experts_by_id(rows, expert_ids, weights: ExpertWeights, dtype):
+def experts_by_id(rows, expert_ids, weights: ExpertWeights, dtype, matmul=lax.ragged_dot):
     """FFN_{ids[n]}(rows[n]) for rows [N, d]: sort by id, one grouped matmul, unsort.
     Ids ≥ the number of experts mark empty rows; they sort last and give 0."""
     num_experts = weights.gate.shape[0]
     order = jnp.argsort(expert_ids, stable=True)
     group_sizes = jnp.bincount(expert_ids, length=num_experts).astype(jnp.int32)
-    sorted_out = grouped_swiglu(rows[order], group_sizes, weights, dtype)
+    sorted_out = grouped_swiglu(rows[order], group_sizes, weights, dtype, matmul)
     return jnp.zeros_like(sorted_out).at[order].set(sorted_out, unique_indices=True)
 
 
@@ -251,14 +287,21 @@ def capacity_experts(tokens, weights, experts, expert_weights: ExpertWeights, nu
     return out.reshape(num_tokens, -1), jnp.sum(num_dropped)
 
 
-def dropless_experts(tokens, weights, experts, expert_weights: ExpertWeights, dtype):
+def dropless_experts(tokens, weights, experts, expert_weights: ExpertWeights, dtype, matmul=lax.ragged_dot):
     """(y [T, d], 0): y_t = Σ_j w_j(t) · FFN_{e_j(t)}(x_t) over all T·k assignments, none dropped."""
     num_tokens, top_k = experts.shape
-    outputs = experts_by_id(jnp.repeat(tokens, top_k, axis=0), experts.reshape(-1), expert_weights, dtype)
+    outputs = experts_by_id(jnp.repeat(tokens, top_k, axis=0), experts.reshape(-1), expert_weights, dtype, matmul)
     return combine_choices(outputs.reshape(num_tokens, top_k, -1), weights), 0
 
 
-def dropless_expert_parallel(tokens, weights, experts, expert_weights: ExpertWeights, dtype, expert_axis):
+def ragged_all_to_all_supported() -> bool:
+    """Whether `jax.lax.ragged_all_to_all` compiles here: on TPU and GPU (also when lowering ahead of
+    time for TPU), not on XLA:CPU."""
+    return compile_target(None) in ("tpu", "gpu")
+
+
+def dropless_expert_parallel(tokens, weights, experts, expert_weights: ExpertWeights, dtype, expert_axis,
+                             matmul=lax.ragged_dot):
     """Dropless dispatch inside shard_map: assignment a goes to device e_a // (E/ep) in slot
     p_a = its rank among the local assignments to that device, through worst-case buffers
     [ep, T·k, d] exchanged with all_to_all; the receiver runs `experts_by_id` on the ep·T·k rows."""
@@ -275,10 +318,58 @@ def dropless_expert_parallel(tokens, weights, experts, expert_weights: ExpertWei
         flat_experts % local_experts, unique_indices=True)
     received_rows = lax.all_to_all(send_rows, expert_axis, 0, 0)
     received_ids = lax.all_to_all(send_ids, expert_axis, 0, 0)
-    received_outputs = experts_by_id(received_rows.reshape(-1, dim), received_ids.reshape(-1), expert_weights, dtype)
+    received_outputs = experts_by_id(received_rows.reshape(-1, dim), received_ids.reshape(-1), expert_weights, dtype,
+                                     matmul)
     returned = lax.all_to_all(received_outputs.reshape(num_devices, num_assignments, dim), expert_axis, 0, 0)
     outputs = returned[destination, slot].reshape(num_tokens, top_k, dim)
     return combine_choices(outputs, weights), 0
+
+
+def exclusive_cumsum(x):
+    """[0, x_0, x_0 + x_1, ...]: where each of the consecutive chunks of sizes x starts."""
+    return jnp.cumsum(x) - x
+
+
+def dropless_ragged_expert_parallel(tokens, weights, experts, expert_weights: ExpertWeights, dtype, expert_axis,
+                                    matmul=lax.ragged_dot):
+    """Dropless dispatch inside shard_map with `jax.lax.ragged_all_to_all` (no padded send buffers).
+
+    The T·k local assignments, sorted by expert (so by destination device d = e // (E/ep)), are sent
+    as ep contiguous chunks of send_sizes[d] rows from input_offsets[d]. Every device lays out what it
+    receives by source, source s's chunk at recv_offsets[s] = Σ_{s' < s} recv_sizes[s'], so a sender
+    learns where its chunk lands (output_offsets[d] = device d's recv_offsets[s]) from one all_to_all of
+    the offsets. The local expert ids travel the same way; the receiver runs `experts_by_id` on its
+    rows and returns the outputs by the reverse exchange, straight into the sender's sorted order.
+    Only the received rows the experts run on are sent and computed (the kernel skips the empty
+    tail); the receive buffer keeps the worst case ep·T·k rows, so that nothing is ever dropped.
+    """
+    num_tokens, top_k = experts.shape
+    num_assignments, dim = num_tokens * top_k, tokens.shape[-1]
+    num_devices = lax.axis_size(expert_axis)
+    local_experts = expert_weights.gate.shape[0]
+    flat_experts = experts.reshape(-1)
+    order = jnp.argsort(flat_experts, stable=True)
+    per_expert = jnp.bincount(flat_experts, length=num_devices * local_experts).astype(jnp.int32)
+    send_sizes = per_expert.reshape(num_devices, local_experts).sum(axis=1)
+    input_offsets = exclusive_cumsum(send_sizes)
+    recv_sizes = lax.all_to_all(send_sizes, expert_axis, 0, 0)
+    recv_offsets = exclusive_cumsum(recv_sizes)
+    output_offsets = lax.all_to_all(recv_offsets, expert_axis, 0, 0)
+    capacity = num_devices * num_assignments
+
+    def send(operand, fill):
+        buffer = jnp.full((capacity, *operand.shape[1:]), fill, operand.dtype)
+        return lax.ragged_all_to_all(operand, buffer, input_offsets, send_sizes, output_offsets, recv_sizes,
+                                     axis_name=expert_axis)
+
+    received_rows = send(tokens[order // top_k], 0)
+    received_ids = send(flat_experts[order] % local_experts, local_experts)
+    received_outputs = experts_by_id(received_rows, received_ids, expert_weights, dtype, matmul)
+    returned = lax.ragged_all_to_all(received_outputs, jnp.zeros((num_assignments, dim), received_outputs.dtype),
+                                     recv_offsets, recv_sizes, lax.all_to_all(input_offsets, expert_axis, 0, 0),
+                                     send_sizes, axis_name=expert_axis)
+    outputs = jnp.zeros_like(returned).at[order].set(returned, unique_indices=True)
+    return combine_choices(outputs.reshape(num_tokens, top_k, dim), weights), 0
 
 
 def combine_choices(outputs, weights):
@@ -286,14 +377,18 @@ def combine_choices(outputs, weights):
     return jnp.einsum("tkd,tk->td", outputs, weights.astype(outputs.dtype))
 
 
-def local_routed_experts(tokens, weights, experts, expert_weights: ExpertWeights, moe, dtype, expert_axis=None):
-    """(y [T, d], dropped count) of the routed experts on T tokens by `moe.dispatch`."""
+def local_routed_experts(tokens, weights, experts, expert_weights: ExpertWeights, moe, dtype, expert_axis=None,
+                         per_device=True):
+    """(y [T, d], dropped count) of the routed experts on T tokens by `moe.dispatch`; the dropless
+    path's grouped matmul by `grouped_matmul_of`."""
     if moe.dispatch == "capacity":
         return capacity_experts(tokens, weights, experts, expert_weights, moe.num_experts, moe.capacity_factor,
                                 moe.capacity_group_size, dtype, expert_axis)
-    if expert_axis is not None:
-        return dropless_expert_parallel(tokens, weights, experts, expert_weights, dtype, expert_axis)
-    return dropless_experts(tokens, weights, experts, expert_weights, dtype)
+    matmul = grouped_matmul_of(moe, per_device, expected_rows=experts.size)
+    if expert_axis is None:
+        return dropless_experts(tokens, weights, experts, expert_weights, dtype, matmul)
+    exchange = dropless_ragged_expert_parallel if ragged_all_to_all_supported() else dropless_expert_parallel
+    return exchange(tokens, weights, experts, expert_weights, dtype, expert_axis, matmul)
 
 
 def token_axes_of(mesh) -> tuple[str, ...]:
@@ -330,8 +425,9 @@ def expert_parallel_experts(tokens, weights, experts, expert_weights: ExpertWeig
     token_spec = P(token_axes)
     weight_specs = ExpertWeights(gate=P(EXPERT_AXIS, None, tensor_axis), up=P(EXPERT_AXIS, None, tensor_axis),
                                  down=P(EXPERT_AXIS, tensor_axis, None))
+    # check_vma=False: a Pallas kernel's outputs carry no varying-axes type (as in layers.attention).
     mapped = jax.shard_map(local, mesh=mesh, in_specs=(token_spec, token_spec, token_spec, weight_specs),
-                           out_specs=(token_spec, P()))
+                           out_specs=(token_spec, P()), check_vma=False)
     return mapped(tokens, weights, experts, expert_weights)
 
 
@@ -373,7 +469,8 @@ class MoeFeedForward(nn.Module):
             out, num_dropped = expert_parallel_experts(tokens, weights, experts, expert_weights, moe, self.dtype,
                                                        self.mesh)
         else:
-            out, num_dropped = local_routed_experts(tokens, weights, experts, expert_weights, moe, self.dtype)
+            out, num_dropped = local_routed_experts(tokens, weights, experts, expert_weights, moe, self.dtype,
+                                                    per_device=self.mesh is None)
         for name, value in routing_statistics(logits, experts, num_dropped).items():
             self.sow(MOE_COLLECTION, name, value)
 

@@ -16,7 +16,8 @@ a collective inside a loop body counts once per program, as XLA's cost analysis 
 (research/tools/aot.py scales both to the whole step).
 
 The group size p comes from `replica_groups`: explicit (`{{0,1,2,3},{4,5,6,7}}`), iota
-(`[2,4]<=[8]`: 2 groups of 4) or over the mesh (`mesh['axis_0'=4,'axis_1'=2] {'axis_0'}`: the
+(`[2,4]<=[8]`: 2 groups of 4) or over the mesh (`mesh['axis_0'=4,'axis_1'=2] {'axis_0'}`, with the
+devices' order maybe given between them as `, device_ids=([2,4]T(1,0))`: the
 product of the named axes' sizes).
 """
 
@@ -31,7 +32,8 @@ REDUCE_SCATTER_COMPUTATION = "all-reduce-scatter"
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) .*\{$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%[\w.\-]+ = (.+?) (" + "|".join(KINDS) + r")(-start)?\(")
 _ARRAY = re.compile(r"\b(\w+)\[([\d,]*)\]")
-_MESH_GROUPS = re.compile(r"replica_groups=mesh\[([^\]]*)\] \{([^}]*)\}")
+_MESH_GROUPS = re.compile(r"replica_groups=mesh\[([^\]]*)\](?:, device_ids=\(\[[\d,]*\](?:T\([\d,]*\))?\))? "
+                          r"\{([^}]*)\}")
 _IOTA_GROUPS = re.compile(r"replica_groups=\[[\d,]*?(\d+)\]<=")
 _EXPLICIT_GROUPS = re.compile(r"replica_groups=\{\{([\d,]*)\}")
 

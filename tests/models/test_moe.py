@@ -9,11 +9,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from jax import lax
+from jax.experimental import topologies
 from jax.extend.core import ClosedJaxpr, Jaxpr
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from pallas_kernels.compile_target import lowering_for
+from pallas_kernels.grouped_matmul import grouped_matmul
 from research.models import moe as moe_lib
 from research.models.layers import SwiGLU
 from research.models.moe import MOE_COLLECTION, MoeFeedForward
+from research.parallel.mesh import batch_sharding, logical_to_sharding, make_mesh
 
 DIM, HIDDEN = 16, 32
 fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
@@ -298,6 +305,7 @@ def test_jit_and_bfloat16(dispatch):
     ({"dispatch": "megablocks"}, "moe.dispatch='megablocks'"),
     ({"num_shared_experts": -1}, "moe.num_shared_experts=-1"),
     ({"router_jitter": 1.5}, "moe.router_jitter=1.5"),
+    ({"grouped_matmul": "megablox"}, "moe.grouped_matmul='megablox'"),
 ])
 def test_bad_config_raises_naming_the_field(overrides, message):
     config = moe_config(**overrides)
@@ -344,3 +352,90 @@ def test_capacity_groups_keep_the_dispatch_tensors_linear_in_the_tokens():
 
     assert largest(256) == (16, 256, 4, 160)
     assert largest(4096) == (1, 4096, 4, 2560)
+
+
+def output_and_gradients(layer, params, x, d_out):
+    """(out, d_params, d_x) of Σ out · d_out, compiled once."""
+    def loss(params, x):
+        return jnp.sum(layer.apply({"params": params}, x) * d_out)
+    return (fast_jit(layer.apply)({"params": params}, x), *fast_jit(jax.grad(loss, argnums=(0, 1)))(params, x))
+
+
+def assert_trees_close(got, want, tolerance):
+    for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want), strict=True):
+        g, w = np.asarray(g), np.asarray(w)
+        error, bound = np.max(np.abs(g - w)), tolerance * (1 + np.max(np.abs(w)))
+        assert g.shape == w.shape and error <= bound, f"{jax.tree_util.keystr(path)}: {error:.3g} > {bound:.3g}"
+
+
+def test_the_pallas_grouped_matmul_gives_ragged_dots_outputs_and_gradients():
+    """Dropless, 4 experts, top-2, 32 tokens: the kernel (interpret mode) against ragged_dot, float32, within
+    1e-5 · (1 + max |ragged_dot's|) per tensor (only the summation order differs)."""
+    x, d_out = inputs(), inputs(seed=2)
+    params = init_params(moe_config(), x)
+    want = output_and_gradients(MoeFeedForward(moe_config(grouped_matmul="ragged_dot")), params, x, d_out)
+    got = output_and_gradients(MoeFeedForward(moe_config(grouped_matmul="pallas")), params, x, d_out)
+    assert_trees_close(got, want, 1e-5)
+
+
+def test_auto_takes_the_kernel_where_it_compiles_per_device():
+    def kernel_or_ragged_dot(config, per_device):
+        matmul = moe_lib.grouped_matmul_of(config, per_device, expected_rows=64)
+        return matmul.func if isinstance(matmul, functools.partial) else matmul
+
+    assert kernel_or_ragged_dot(moe_config(), per_device=True) is lax.ragged_dot  # CPU: ragged_dot
+    with lowering_for("tpu"):
+        assert kernel_or_ragged_dot(moe_config(), per_device=True) is grouped_matmul
+        assert kernel_or_ragged_dot(moe_config(), per_device=False) is lax.ragged_dot  # GSPMD: never a kernel
+    assert kernel_or_ragged_dot(moe_config(grouped_matmul="pallas"), per_device=True) is grouped_matmul
+
+
+def emulated_ragged_all_to_all(operand, output, input_offsets, send_sizes, output_offsets, recv_sizes, *,
+                               axis_name):
+    """`jax.lax.ragged_all_to_all` from all_gathers (XLA:CPU has no ragged all-to-all): chunk j of device s,
+    send_sizes[j] rows from input_offsets[j], lands on device j at output_offsets[j]; other rows keep `output`."""
+    me = lax.axis_index(axis_name)
+    operands, starts, sizes, offsets = (lax.all_gather(a, axis_name) for a in (operand, input_offsets, send_sizes,
+                                                                                output_offsets))
+    rows = jnp.arange(output.shape[0])
+    for source in range(operands.shape[0]):
+        start, size, offset = starts[source, me], sizes[source, me], offsets[source, me]
+        taken = operands[source][jnp.clip(rows - offset + start, 0, operand.shape[0] - 1)]
+        mine = ((rows >= offset) & (rows < offset + size)).reshape(-1, *[1] * (output.ndim - 1))
+        output = jnp.where(mine, taken, output)
+    return output
+
+
+def test_the_ragged_exchange_gives_the_unsharded_layers_outputs_and_gradients(monkeypatch):
+    """Dropless over data 2 × expert 4 (8 CPU devices), 8 experts, the kernel in interpret mode, with the
+    exchange of `dropless_ragged_expert_parallel` (ragged_all_to_all emulated): the unsharded layer's output
+    and gradients within 1e-5 · (1 + max |unsharded|) (float32)."""
+    monkeypatch.setattr(moe_lib, "ragged_all_to_all_supported", lambda: True)
+    monkeypatch.setattr(lax, "ragged_all_to_all", emulated_ragged_all_to_all)
+    config = moe_config(num_experts=8, grouped_matmul="pallas")
+    x, d_out = inputs(batch=8, seq=4), inputs(batch=8, seq=4, seed=2)
+    boxed = fast_jit(MoeFeedForward(config).init)(jax.random.key(1), x)["params"]
+    params = nn.meta.unbox(boxed)
+    mesh = make_mesh(ml_collections.ConfigDict({"data": 2, "fsdp": 1, "tensor": 1, "expert": 4}), jax.devices()[:8])
+    sharded = (jax.device_put(params, logical_to_sharding(nn.get_partition_spec(boxed), mesh)),
+               jax.device_put(x, batch_sharding(mesh)))
+    got = output_and_gradients(MoeFeedForward(config, mesh=mesh), *sharded, d_out)
+    assert_trees_close(got, output_and_gradients(MoeFeedForward(config), params, x, d_out), 1e-5)
+
+
+def test_the_expert_parallel_dropless_layer_compiles_for_tpu_with_ragged_all_to_all_and_mosaic_kernels():
+    """Lowered for 4 v5p chips (expert 4) as research/tools/aot.py lowers a train step: the rows travel by
+    ragged all-to-all, there and back (ids too), and the experts' three matmuls are Mosaic kernels."""
+    chips = topologies.get_topology_desc(platform="tpu", topology_name="v5p:2x2x1", chip_config_name="megacore",
+                                         chips_per_host_bounds=(2, 2, 1), num_slices=1).devices
+    mesh = make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1, "expert": 4}), chips)
+    config = moe_config(num_experts=8, expert_hidden_dim=128)
+    layer = MoeFeedForward(config, jnp.bfloat16, mesh)
+    x = jax.ShapeDtypeStruct((4, 128, 128), jnp.bfloat16, sharding=NamedSharding(mesh, P("expert")))
+    params = nn.meta.unbox(jax.eval_shape(MoeFeedForward(config).init, jax.random.key(0),
+                                          jax.ShapeDtypeStruct((1, 128, 128), jnp.bfloat16))["params"])
+    params = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=NamedSharding(mesh, P())), params)
+    with lowering_for("tpu"):
+        text = jax.jit(layer.apply).lower({"params": params}, x).compile().as_text()
+    assert text.count("ragged-all-to-all(") == 3
+    assert text.count('custom_call_target="tpu_custom_call"') == 3

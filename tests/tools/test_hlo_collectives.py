@@ -78,6 +78,7 @@ def test_a_gspmd_reduce_scatter_written_as_an_all_reduce_fusion_counts_as_one(me
     ("all-gather(%a), replica_groups=[4,2]<=[2,4]T(1,0), dimensions={0}", 2),
     ("all-reduce(%a), replica_groups=mesh['axis_0'=4,'axis_1'=2] {'axis_0'}, to_apply=%add", 4),
     ("all-reduce(%a), replica_groups=mesh['axis_0'=4,'axis_1'=2] {'axis_0','axis_1'}, to_apply=%add", 8),
+    ("all-to-all(%a), replica_groups=mesh['fsdp'=8,'expert'=16], device_ids=([8,16]T(1,0)) {'expert'}", 16),
 ])
 def test_group_sizes_in_every_replica_group_notation(instruction, size):
     assert group_size(instruction) == size
