@@ -22,9 +22,9 @@ import jax.numpy as jnp
 from research import config as config_lib
 from research.models import count_params, make_model
 from research.models.moe import MOE_COLLECTION
-from research.train.flops import total_peak_flops
-from scripts.bench_train import measure, random_batch
+from scripts.bench_train import project_steps, random_batch
 from scripts.hardware import describe_hardware
+from scripts.timing import interleaved_best_seconds
 
 DENSE = "dense"
 SPECS = {
@@ -38,6 +38,12 @@ def load_configs(overrides: dict[str, list[str]] | None = None) -> dict:
     """{name: config} of SPECS, each with its `overrides` (e.g. smaller shapes for a test)."""
     overrides = overrides or {}
     return {name: config_lib.load(spec, overrides.get(name, [])) for name, spec in SPECS.items()}
+
+
+def measure_train(config, steps: int, batch: int, seq: int) -> dict:
+    """Tokens/s and ms of the trainer's jitted step (forward + backward + AdamW, as scripts/bench_train.py)."""
+    seconds = interleaved_best_seconds({"train": project_steps(config, batch, seq, steps)}, repeats=1)["train"] / steps
+    return {"tokens_per_s": batch * seq / seconds, "step_ms": 1e3 * seconds}
 
 
 def measure_forward(config, steps: int, batch: int, seq: int) -> dict:
@@ -58,10 +64,9 @@ def measure_forward(config, steps: int, batch: int, seq: int) -> dict:
 
 def benchmark(configs: dict, steps: int, batch: int, seq: int) -> dict[str, dict]:
     """{name: {"params", "train", "forward"}} for each config."""
-    peak = total_peak_flops()
     rows = {}
     for name, config in configs.items():
-        train = measure(config, steps, batch, seq, peak)
+        train = measure_train(config, steps, batch, seq)
         forward = measure_forward(config, steps, batch, seq)
         rows[name] = {"params": count_params(config.model), "train": train, "forward": forward}
         print(f"{name:14s} train {train['tokens_per_s']:8.0f} tok/s ({train['step_ms']:7.1f} ms)   "

@@ -1,76 +1,123 @@
-"""Training throughput: tokens/s and MFU of the jitted train step (fwd + bwd + AdamW).
+"""Training throughput beside PyTorch: tokens/s of one step (fwd + bwd + clipping + AdamW), same run.
 
-    python -m scripts.bench_train [--steps 20] [--steps-100m 3] [--batch 8] [--seq 256]
+    python -m scripts.bench_train [--repeats 5] [--steps 2] [--batch 8] [--seq 256] [--shape NAME ...]
+                                  [--override model.dim=64 ...] [--peak-size 2048]
 
-Batches of random tokens, batch 8 x 256 tokens; the step is the trainer's own
-(`research.train.trainers.lm.make_train_step`). Prints one line per shape next to
-PyTorch 2.13 CPU's figure on the same shape.
+For each shape of scripts/bench_shapes.py: the project's jitted train step
+(`research.train.trainers.lm.make_train_step`, the state donated, as the loop runs it) and the
+PyTorch + transformers reference (scripts/torch_reference.py) on the same random batch shape.
+The two take turns, `--steps` steps per turn, and each keeps its best turn of `--repeats`, so a
+change of load slows both alike; the ratio is project tokens/s ÷ PyTorch tokens/s of this run.
+MFU = model FLOPs/s (research/train/flops.py) ÷ the float32 matmul peak measured in the same run
+(scripts/hardware.py). `/proc/loadavg` is printed before and after.
 """
 
 import argparse
-import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research import config as config_lib
 from research.models import count_params, make_model
 from research.optim import make_optimizer, make_schedule
-from research.train.flops import flops_per_token, total_peak_flops
+from research.train.flops import flops_per_token
 from research.train.state import TrainState
 from research.train.trainers.lm import make_train_step
-from scripts.bench_shapes import PYTORCH_TRAIN_TOKENS_PER_S, SHAPES, shape_config
+from scripts import torch_reference
+from scripts.bench_shapes import SHAPES, shape_config
+from scripts.hardware import (PEAK_MATMUL_REPEATS, PEAK_MATMUL_SIZE, describe_hardware, load_average,
+                              matmul_peak_flops)
+from scripts.timing import interleaved_best_seconds
 
 
 def random_batch(batch: int, seq: int, vocab: int, key):
+    """A batch of the LM trainer's fields over uniformly random tokens, every token trained."""
     tokens = jax.random.randint(key, (batch, seq + 1), 0, vocab, jnp.int32)
     positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
     return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "positions": positions,
             "segment_ids": jnp.ones((batch, seq), jnp.int32), "weights": jnp.ones((batch, seq), jnp.float32)}
 
 
-def measure(config, steps: int, batch: int, seq: int, peak: float) -> dict:
+def project_steps(config, batch: int, seq: int, steps: int):
+    """`run()`: `steps` train steps of the project on one random batch, the state carried along."""
     model = make_model(config.model)
     optimizer = make_optimizer(config.optimizer, 1000)
-    step_fn = jax.jit(make_train_step(model, optimizer, make_schedule(config.optimizer, 1000), 1),
-                      donate_argnums=0)
+    step_fn = jax.jit(make_train_step(model, optimizer, make_schedule(config.optimizer, 1000), 1), donate_argnums=0)
     params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, seq), jnp.int32))["params"])
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+    state = [TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))]
     data = random_batch(batch, seq, config.model.vocab_size, jax.random.key(1))
     step_rng = jax.random.key(2)
-    state, metrics = step_fn(state, data, step_rng)  # compile
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = step_fn(state, data, step_rng)
-    jax.block_until_ready(metrics)
-    seconds = (time.perf_counter() - start) / steps
+
+    def run():
+        for _ in range(steps):
+            state[0], metrics = step_fn(state[0], data, step_rng)
+        return metrics
+
+    return run
+
+
+def reference_steps(config, batch: int, seq: int, steps: int):
+    """`run()`: `steps` PyTorch training steps of the same shape."""
+    step = torch_reference.train_step_runner(config.model, batch, seq)
+
+    def run():
+        for _ in range(steps):
+            step()
+
+    return run
+
+
+def model_flops_per_step(config, batch: int, seq: int) -> float:
+    """Training FLOPs of one step: batch·seq·F (research/train/flops.py), the input embedding not counted."""
     matmul_params = count_params(config.model)["active"] - config.model.vocab_size * config.model.dim
-    flops = batch * seq * flops_per_token(config.model, seq, matmul_params)
-    return {"tokens_per_s": batch * seq / seconds, "mfu": flops / seconds / peak, "step_ms": 1e3 * seconds}
+    return batch * seq * flops_per_token(config.model, seq, matmul_params)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=20)
+def measure(config, *, batch: int, seq: int, steps: int, repeats: int) -> dict:
+    """Seconds per step of the project and of PyTorch, best turn of `repeats`, turns interleaved."""
+    best = interleaved_best_seconds({"project": project_steps(config, batch, seq, steps),
+                                     "pytorch": reference_steps(config, batch, seq, steps)}, repeats)
+    return {name: seconds / steps for name, seconds in best.items()}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5, help="turns of each side; the best one counts")
+    parser.add_argument("--steps", type=int, default=2, help="train steps per turn")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--steps-100m", type=int, default=3, help="timed steps of the ~100M config (0: skip)")
-    args = parser.parse_args()
-    peak = total_peak_flops()
-    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, peak {peak / 1e9:.1f} GFLOP/s")
-    runs = {name: (shape_config(name), args.steps) for name in SHAPES}
-    runs["tiny config"] = (config_lib.load("configs/llama2.py:tiny"), args.steps)
-    if args.steps_100m:
-        runs["100m config"] = (config_lib.load("configs/llama2.py:100m", ["model.dtype=float32", "model.remat=none"]),
-                               args.steps_100m)
-    for name, (config, steps) in runs.items():
-        result = measure(config, steps, args.batch, args.seq, peak)
-        torch = PYTORCH_TRAIN_TOKENS_PER_S.get(name)
-        ratio = f"  {result['tokens_per_s'] / torch:.2f}x PyTorch ({torch} tok/s)" if torch else ""
-        print(f"{name:24s} {result['tokens_per_s']:9.0f} tok/s  MFU {result['mfu']:6.1%}  "
-              f"{result['step_ms']:7.1f} ms/step{ratio}", flush=True)
+    parser.add_argument("--shape", action="append", choices=sorted(SHAPES), help="default: every shape")
+    parser.add_argument("--override", nargs="*", default=[], help="config overrides applied to every shape")
+    parser.add_argument("--peak-size", type=int, default=PEAK_MATMUL_SIZE, help="side of the peak-probe matmuls")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    """Prints one line per shape and returns {shape: {"project", "pytorch": tokens/s, "ratio", "mfu"}}."""
+    args = parse_args(argv)
+    print(f"{describe_hardware()}; jax {jax.__version__}, torch {torch_reference.torch.__version__}, "
+          f"transformers {torch_reference.transformers.__version__}", flush=True)
+    print(f"load before: {load_average()}", flush=True)
+    peak = matmul_peak_flops(args.peak_size)
+    results = {}
+    for name in args.shape or SHAPES:
+        config = shape_config(name, args.override)
+        seconds = measure(config, batch=args.batch, seq=args.seq, steps=args.steps, repeats=args.repeats)
+        tokens = args.batch * args.seq
+        flops = model_flops_per_step(config, args.batch, args.seq)
+        results[name] = {"project": tokens / seconds["project"], "pytorch": tokens / seconds["pytorch"],
+                         "ratio": seconds["pytorch"] / seconds["project"],
+                         "mfu": {side: flops / s for side, s in seconds.items()}}
+        print(f"{name:24s} project {results[name]['project']:8.0f} tok/s  PyTorch {results[name]['pytorch']:8.0f} "
+              f"tok/s  ratio {results[name]['ratio']:.2f}x", flush=True)
+    peak = max(peak, matmul_peak_flops(args.peak_size))
+    print(f"matmul peak {peak / 1e9:.1f} GFLOP/s: the best of {PEAK_MATMUL_REPEATS} jitted float32 "
+          f"{args.peak_size}² matmuls, at the start and at the end of the run, the higher kept")
+    for name, result in results.items():
+        result["mfu"] = {side: rate / peak for side, rate in result["mfu"].items()}
+        print(f"{name:24s} MFU project {result['mfu']['project']:.1%}  PyTorch {result['mfu']['pytorch']:.1%}")
+    print(f"load after: {load_average()}", flush=True)
+    return results
 
 
 if __name__ == "__main__":

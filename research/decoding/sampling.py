@@ -33,7 +33,7 @@ import numpy as np
 
 from research.config import unfrozen
 from research.models.layers import kv_cache_length
-from research.models.llama import init_cache, unstack_layers
+from research.models.llama import init_cache, per_layer_cache, unstack_layers
 
 GREEDY_BELOW = 1e-6  # temperatures below this decode greedily (argmax), as temperature 0
 
@@ -154,10 +154,20 @@ def filter_logits(logits, *, temperature: float, top_k: int | None, top_p: float
     return logits
 
 
+def first_argmax(logits):
+    """`jnp.argmax` over the last axis as int32: min{v : z_v = max z}, the first NaN if there is one.
+
+    Two plain reductions (a max, then a min over the indices that reach it), which vectorise,
+    where `jnp.argmax`'s reduction over (value, index) pairs does not on a CPU."""
+    vocab = logits.shape[-1]
+    is_max = (logits == jnp.max(logits, axis=-1, keepdims=True)) | jnp.isnan(logits)
+    return jnp.min(jnp.where(is_max, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
+
+
 def sample_token(logits, rng, *, temperature: float, top_k: int | None, top_p: float | None):
     """One token per row from logits `[batch, vocab]`."""
     if temperature == 0.0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return first_argmax(logits)
     filtered = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
     return jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
 
@@ -195,7 +205,8 @@ def generate_padded(model, params, tokens, lengths, rng, constraint=None, *, max
     batch, prompt_len = tokens.shape
     rows = jnp.arange(batch)
     model, params = unrolled(model, params)
-    cache = init_cache(model.config, batch, kv_cache_length(prompt_len + max_new_tokens, model.config.attention_impl))
+    cache = per_layer_cache(
+        init_cache(model.config, batch, kv_cache_length(prompt_len + max_new_tokens, model.config.attention_impl)))
     logits, cache = model.apply({"params": params}, tokens, cache=cache, decode=True)
     cache = {**cache, "lengths": lengths}
     next_logits = logits[rows, lengths - 1]

@@ -138,11 +138,30 @@ def dot_product_attention(q, k, v, mask, *, sm_scale: float | None = None):
     group = num_heads // num_kv_heads
     scale = head_dim**-0.5 if sm_scale is None else sm_scale
     q = q.reshape(batch, q_len, num_kv_heads, group, head_dim)
+    if q_len == 1:
+        return single_query_attention(q[:, 0], k, v, mask[:, 0], scale).reshape(batch, 1, num_heads, head_dim)
     scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
     scores = jnp.where(mask[:, None, None, :, :], scores, NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(batch, q_len, num_heads, head_dim)
+
+
+def single_query_attention(q, k, v, mask, scale: float):
+    """One query per row (a decode step) over k/v `[b, s, kv_h, d]` as they lie in the KV cache:
+
+        scores[b, s, k, g] = Σ_d q[b, k, g, d]·K[b, s, k, d]·scale,  p = softmax over s (masked),
+        out[b, k, g, d] = Σ_s p[b, s, k, g]·V[b, s, k, d].
+
+    Written as broadcast products summed over one axis rather than as batched matmuls, whose
+    (b, kv_h) batch axes would first need the whole cache transposed to `[b, kv_h, s, d]` on every
+    step; here K and V are read once, in place. q `[b, kv_h, g, d]`, mask `[b, s]`; out like q.
+    """
+    scores = jnp.sum(q[:, None].astype(jnp.float32) * k[:, :, :, None].astype(jnp.float32), axis=-1) * scale
+    scores = jnp.where(mask[:, :, None, None], scores, NEG_INF)  # [b, s, kv_h, g]
+    probs = jax.nn.softmax(scores, axis=1)
+    out = jnp.sum(probs[..., None] * v[:, :, :, None].astype(jnp.float32), axis=1)
+    return out.astype(v.dtype)
 
 
 def write_cache(cache, new, start):

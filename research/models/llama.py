@@ -15,12 +15,16 @@ the model's inputs and logits stay in sequence order.
 
 With `scan_layers` (the default for training) the blocks are one `nn.scan`: block
 parameters are stacked along a leading `layers` axis and compile time does not grow
-with depth. Without it the blocks are unrolled (`layers_0`, `layers_1`, ...), which
-decoding prefers: no per-step slicing of stacked weights (`unstack_layers` converts;
-`generate` does so itself). For decoding, the KV cache is
-an explicit pytree `{"k", "v": [layers, batch, max_len, kv_heads, head_dim], "lengths": [batch]}`
-made by `init_cache`; `lengths[b]` counts the valid entries of row b. A tree of candidate
-tokens (Medusa, research/decoding/medusa.py) is verified in one pass with a `tree_mask`.
+with depth (on CPU devices the scan is unrolled when compiled: `scanned_blocks`). Without
+it the blocks are unrolled (`layers_0`, `layers_1`, ...), which decoding prefers: no
+per-step slicing of stacked weights (`unstack_layers` converts; `generate` does so
+itself). For decoding, the KV cache is an explicit pytree `{"k", "v": [layers, batch, max_len, kv_heads, head_dim], "lengths": [batch]}`
+made by `init_cache`; `lengths[b]` counts the valid entries of row b. Unrolled, the model also
+takes `"k"`, `"v"` as tuples of per-layer arrays `[batch, max_len, kv_heads, head_dim]`
+(`per_layer_cache`) and returns them so: a decoding loop that carries that form updates each
+layer's cache in place, where the stacked form is sliced and restacked (copied) on every step.
+A tree of candidate tokens (Medusa, research/decoding/medusa.py) is verified in one pass
+with a `tree_mask`.
 """
 
 from typing import Any
@@ -120,9 +124,21 @@ REMAT_POLICIES = {
 }
 
 
+def runs_on_cpu(mesh) -> bool:
+    """Whether the model runs on CPU devices: the mesh's, or without a mesh the default ones."""
+    devices = jax.devices() if mesh is None else mesh.devices.flat
+    return next(iter(devices)).platform == "cpu"
+
+
 def scanned_blocks(config, mesh, name: str):
     """The layers, rematerialised per `config.remat`, as one `nn.scan`: over `Block`s, or over
-    `BlockGroup`s of `moe.every_k_layers` layers when MoE layers are interleaved with dense ones."""
+    `BlockGroup`s of `moe.every_k_layers` layers when MoE layers are interleaved with dense ones.
+
+    On CPU devices the scan is unrolled (`lax.scan(unroll=length)`): the parameters keep their stacked
+    layout and the same values, but XLA:CPU runs no while loop, so it neither zero-fills, copies and
+    writes into stacked per-layer residual buffers nor slices them back in the backward pass (about a
+    tenth of a training step at the tiny shape). Accelerators keep the rolled loop: compile time
+    stays flat in depth."""
     every = moe_every(config)
     if every > 1:
         unit, args, length = BlockGroup, (config, mesh), config.num_layers // every
@@ -136,6 +152,7 @@ def scanned_blocks(config, mesh, name: str):
         split_rngs={"params": True, "jitter": True, "dropout": True},
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
         length=length,
+        unroll=length if runs_on_cpu(mesh) else 1,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(*args, name=name)
 
@@ -149,7 +166,8 @@ def scanned_cache(config, layer_cache):
 
 
 def unrolled_blocks(config, mesh, x, layer_cache, positions, segment_ids, tree_mask=None):
-    """The blocks one after another as `layers_<i>`; the per-layer caches restacked."""
+    """The blocks one after another as `layers_<i>`; the per-layer caches restacked, or kept as
+    tuples of per-layer arrays when they came as such (`per_layer_cache`)."""
     block = nn.remat(Block, policy=REMAT_POLICIES[config.remat], prevent_cse=True) if config.remat != "none" else Block
     new_caches = []
     for i in range(config.num_layers):
@@ -157,7 +175,11 @@ def unrolled_blocks(config, mesh, x, layer_cache, positions, segment_ids, tree_m
         x, new_cache = block(config, is_moe_layer(config, i), mesh, name=f"layers_{i}")(
             x, cache_i, positions, segment_ids, tree_mask)
         new_caches.append(new_cache)
-    return x, None if layer_cache is None else stacked_caches(new_caches)
+    if layer_cache is None:
+        return x, None
+    if isinstance(layer_cache[0], tuple):
+        return x, tuple(tuple(cache[i] for cache in new_caches) for i in range(2))
+    return x, stacked_caches(new_caches)
 
 
 def stacked_caches(per_layer):
@@ -228,6 +250,9 @@ class Llama(nn.Module):
             segment_ids = None if segment_ids is None else segment_ids[:, order]
         x = constrain(jnp.take(embedding, tokens, axis=0).astype(dtype), ACTIVATION_AXES, self.mesh)
         layer_cache = (cache["k"], cache["v"]) if decode else None
+        if c.scan_layers and decode and isinstance(cache["k"], tuple):
+            raise ValueError("a per-layer cache (tuples of arrays) needs model.scan_layers=False; "
+                             "pass the stacked cache of init_cache to a scanned model")
         if c.scan_layers:
             x, new_layer_cache = scanned_blocks(c, self.mesh, "layers")(
                 x, scanned_cache(c, layer_cache), positions, segment_ids, tree_mask)
@@ -256,6 +281,12 @@ def init_cache(config, batch_size: int, max_len: int, dtype=None):
     dtype = jnp.dtype(config.dtype if dtype is None else dtype)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
             "lengths": jnp.zeros((batch_size,), jnp.int32)}
+
+
+def per_layer_cache(cache):
+    """`cache` with "k" and "v" split along the layer axis into tuples of `[batch, max_len, kv_heads,
+    head_dim]` arrays, the form an unrolled model updates in place."""
+    return {**cache, "k": tuple(cache["k"]), "v": tuple(cache["v"])}
 
 
 def init_tokens(config) -> tuple:

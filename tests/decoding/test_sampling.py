@@ -9,7 +9,7 @@ import pytest
 
 from research import config as config_lib
 from research.config import unfrozen
-from research.decoding.sampling import GREEDY_BELOW, filter_logits, generate
+from research.decoding.sampling import GREEDY_BELOW, filter_logits, first_argmax, generate
 from research.models import make_model
 
 
@@ -151,3 +151,11 @@ def test_bad_requests_are_rejected(model_and_params, prompts, kwargs, message):
     model, params = model_and_params
     with pytest.raises(ValueError, match=message):
         generate(model, params, prompts, **{"max_new_tokens": 3, **kwargs})
+
+
+def test_first_argmax_is_jnp_argmax_with_ties_and_nans():
+    logits = jnp.array([[1.0, 3.0, 3.0, 0.0], [-jnp.inf, -jnp.inf, -jnp.inf, -jnp.inf], [2.0, jnp.nan, 5.0, jnp.nan],
+                        [0.5, 0.25, 0.125, 0.75]])
+    np.testing.assert_array_equal(first_argmax(logits), jnp.argmax(logits, axis=-1))
+    np.testing.assert_array_equal(first_argmax(logits), [1, 0, 1, 3])
+    assert first_argmax(logits).dtype == jnp.int32

@@ -77,3 +77,18 @@ def test_unknown_attention_impl_is_rejected():
     pos = jnp.zeros((1, 2), jnp.int32)
     with pytest.raises(ValueError, match="attention_impl"):
         layers.attention(x, x, x, pos, pos, impl="magic")
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 2), (2, 1)])
+def test_one_query_reads_the_cache_like_the_batched_matmul_path(heads, kv_heads):
+    """A decode step (q_len 1) takes the broadcast-and-sum path; rows see different cache prefixes."""
+    keys = jax.random.split(jax.random.key(1), 3)
+    q = jax.random.normal(keys[0], (3, 1, heads, 8))
+    k = jax.random.normal(keys[1], (3, 7, kv_heads, 8))
+    v = jax.random.normal(keys[2], (3, 7, kv_heads, 8))
+    q_pos = jnp.array([[0], [3], [6]])
+    mask = layers.attention_mask(q_pos, jnp.broadcast_to(jnp.arange(7), (3, 7)))
+    out = layers.dot_product_attention(q, k, v, mask)
+    assert out.shape == q.shape
+    np.testing.assert_allclose(out, reference_attention(q, k, v, mask), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[0, 0], jnp.repeat(v[0, 0], heads // kv_heads, axis=0), rtol=1e-6)

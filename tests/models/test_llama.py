@@ -9,7 +9,7 @@ import pytest
 
 from research import config as config_lib
 from research.models import count_params, make_model
-from research.models.llama import init_cache
+from research.models.llama import init_cache, per_layer_cache, unstack_layers
 
 
 def small_model(**overrides):
@@ -122,3 +122,26 @@ def test_decode_without_cache_is_an_error():
     _, model, params = small_model()
     with pytest.raises(ValueError, match="init_cache"):
         model.apply({"params": params}, jnp.zeros((1, 1), jnp.int32), decode=True)
+
+
+def test_a_per_layer_cache_decodes_like_the_stacked_one_and_keeps_its_form():
+    config, model, params = small_model()
+    unrolled = model.clone(config=ml_collections.FrozenConfigDict({**model.config, "scan_layers": False}))
+    params = unstack_layers(params)
+    tokens = jax.random.randint(jax.random.key(5), (2, 5), 0, 300)
+    apply = jax.jit(unrolled.apply, static_argnames="decode")
+    stacked, split = init_cache(config.model, 2, 8), per_layer_cache(init_cache(config.model, 2, 8))
+    for t in range(5):
+        logits, stacked = apply({"params": params}, tokens[:, t:t + 1], cache=stacked, decode=True)
+        split_logits, split = apply({"params": params}, tokens[:, t:t + 1], cache=split, decode=True)
+        np.testing.assert_allclose(split_logits, logits, atol=1e-5)
+    assert isinstance(split["k"], tuple) and len(split["k"]) == config.model.num_layers
+    np.testing.assert_allclose(jnp.stack(split["k"]), stacked["k"], atol=1e-5)
+    np.testing.assert_array_equal(split["lengths"], stacked["lengths"])
+
+
+def test_a_per_layer_cache_needs_unrolled_layers():
+    config, model, params = small_model()
+    with pytest.raises(ValueError, match="scan_layers=False"):
+        model.apply({"params": params}, jnp.zeros((1, 1), jnp.int32),
+                    cache=per_layer_cache(init_cache(config.model, 1, 4)), decode=True)
