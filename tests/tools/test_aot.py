@@ -22,15 +22,6 @@ SMALL = ("model.dim=64", "model.num_heads=2", "model.num_kv_heads=1", "model.hid
          "model.vocab_size=512", "data.vocab_size=512", "train.seq_len=32", "model.num_layers=1")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def without_persistent_cache():
-    """JAX's persistent cache cannot read back executables compiled without a TPU attached."""
-    previous = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
-    yield
-    jax.config.update("jax_enable_compilation_cache", previous)
-
-
 def small_config(*overrides):
     return config_lib.load("configs/llama2.py:tiny", SMALL + overrides)
 

@@ -1,6 +1,5 @@
 """research/tools/aot_search.py and `scripts/aot_compile.py --search`: candidate layouts, the best that fits."""
 
-import jax
 import pytest
 
 from research import config as config_lib
@@ -9,15 +8,6 @@ from scripts import aot_compile
 
 SMALL = ("model.dim=64", "model.num_heads=2", "model.num_kv_heads=2", "model.hidden_dim=128",
          "model.vocab_size=512", "data.vocab_size=512", "train.seq_len=32", "model.num_layers=2")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def without_persistent_cache():
-    """JAX's persistent cache cannot read back executables compiled without a TPU attached."""
-    previous = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
-    yield
-    jax.config.update("jax_enable_compilation_cache", previous)
 
 
 def small_config(*overrides):

@@ -15,15 +15,6 @@ ROWS, COLUMNS = 1024, 256  # one chip's block: bf16[1024, 256], 512 KiB
 BLOCK = ROWS * COLUMNS * 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def without_persistent_cache():
-    """JAX's persistent cache cannot read back executables compiled without a TPU attached."""
-    previous = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
-    yield
-    jax.config.update("jax_enable_compilation_cache", previous)
-
-
 @pytest.fixture(scope="module")
 def mesh():
     """v5p-8's four chips as a 2 × 2 mesh."""
