@@ -24,4 +24,4 @@ run: $(VENV)/.installed
 	$(VENV)/bin/python -m research.run --config configs/llama2.py:tiny --workdir $(WORKDIR)
 
 test: $(TEST_VENV)/.installed
-	$(TEST_VENV)/bin/python -m pytest -q -n 2 --durations=15
+	$(TEST_VENV)/bin/python -m pytest -q -n 2 --durations=25

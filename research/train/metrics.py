@@ -4,13 +4,27 @@ Only process 0 writes. On resume from step s, lines after s are dropped first, s
 of a resumed run reads as that of an uninterrupted one.
 """
 
+import importlib
 import json
 import math
+import sys
 from pathlib import Path
 
 import jax
 import numpy as np
-from tensorboardX import SummaryWriter
+
+
+def summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without the `import torch` it attempts when PyTorch is
+    installed (to accept torch tensors, which nothing here passes): that import alone costs seconds at
+    every process start. Where torch is already imported, it is left as it is."""
+    if "torch" in sys.modules:
+        return importlib.import_module("tensorboardX").SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects without torch
+    try:
+        return importlib.import_module("tensorboardX").SummaryWriter
+    finally:
+        del sys.modules["torch"]
 
 
 def to_python(value):
@@ -28,7 +42,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         truncate_after(self.path, resume_step)
-        self.tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"), purge_step=resume_step + 1)
+        self.tensorboard = summary_writer_class()(str(Path(workdir) / "tensorboard"), purge_step=resume_step + 1)
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:

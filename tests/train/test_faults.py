@@ -36,27 +36,30 @@ def lm_command(workdir, *overrides):
             *[f"--config.{o}" for o in tiny_overrides(**dict(o.split("=", 1) for o in overrides))]]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_saves_a_checkpoint_and_the_rerun_resumes_bit_identically(tmp_path, signum):
-    overrides = ("train__steps=200", "train__checkpoint_every=1000", "train__eval_every=0")
-    subprocess.run(lm_command(tmp_path / "whole", *overrides), check=True, capture_output=True)
-    stopped = tmp_path / "stopped"
-    process = subprocess.Popen(lm_command(stopped, *overrides), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True)
-    wait_for_step(process, stopped, 20)
-    process.send_signal(signum)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == PREEMPTED_EXIT_CODE, stderr
-    assert "preempted at step" in stderr and "run the same command again" in stderr
-    saved = [p.name for p in (stopped / "checkpoints").iterdir() if p.name.isdigit()]
-    assert len(saved) == 1 and 20 <= int(saved[0]) < 200  # no checkpoint was due: the signal made it
-    assert not [p for p in (stopped / "checkpoints").iterdir() if "tmp" in p.name]
+SIGNALLED_RUN = ("train__steps=200", "train__checkpoint_every=1000", "train__eval_every=0")
 
-    rerun = subprocess.run(lm_command(stopped, *overrides), capture_output=True, text=True)
-    assert rerun.returncode == 0 and f"resumed from step {saved[0]}" in rerun.stderr
-    assert losses(str(stopped)) == losses(str(tmp_path / "whole"))
-    for a, b in zip(jax.tree.leaves(final_params(str(stopped))), jax.tree.leaves(final_params(str(tmp_path / "whole")))):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+def test_a_signal_saves_a_checkpoint_and_the_rerun_resumes_bit_identically(tmp_path):
+    whole = tmp_path / "whole"  # one uninterrupted reference for both signals
+    subprocess.run(lm_command(whole, *SIGNALLED_RUN), check=True, capture_output=True)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        stopped = tmp_path / f"stopped_by_{signum.name}"
+        process = subprocess.Popen(lm_command(stopped, *SIGNALLED_RUN), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        wait_for_step(process, stopped, 20)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == PREEMPTED_EXIT_CODE, stderr
+        assert "preempted at step" in stderr and "run the same command again" in stderr
+        saved = [p.name for p in (stopped / "checkpoints").iterdir() if p.name.isdigit()]
+        assert len(saved) == 1 and 20 <= int(saved[0]) < 200  # no checkpoint was due: the signal made it
+        assert not [p for p in (stopped / "checkpoints").iterdir() if "tmp" in p.name]
+
+        rerun = subprocess.run(lm_command(stopped, *SIGNALLED_RUN), capture_output=True, text=True)
+        assert rerun.returncode == 0 and f"resumed from step {saved[0]}" in rerun.stderr
+        assert losses(str(stopped)) == losses(str(whole))
+        for a, b in zip(jax.tree.leaves(final_params(str(stopped))), jax.tree.leaves(final_params(str(whole)))):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_rerunning_a_finished_run_changes_nothing_and_more_steps_continue_it(tiny_config, tmp_path, capsys):
