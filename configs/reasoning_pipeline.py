@@ -7,6 +7,8 @@ per stage, each started from the one before with `init_from`.
                (configs/rlhf.py:tiny_sft), from the pretraining run
     grpo, dapo, drgrpo, gspo, kimi
                RL with verifiable rewards from the SFT run (configs/rlvr.py's variants)
+    ppo_rlvr   PPO with the same verifiable rewards and sampling budget from the SFT run, a critic from
+               the SFT decoder (configs/rlvr.py:tiny_ppo)
     rm, ppo    the helpfulness reward model from the SFT run, then vanilla PPO against it (configs/rlhf.py)
     eval       no training: pass@1, pass@8, maj@8 (8 samples at temperature 1) and the mean response
                length on the in-domain and held-out-difficulty arithmetic problems of an RL run's policy
@@ -20,7 +22,8 @@ each stage reading the one before (eval reads <model>_grpo; `--config.init_from.
     python -m research.run --config configs/reasoning_pipeline.py:stage=eval --workdir workdir/moe_eval
 
 The mixture of experts adds its load-balancing and router z-losses (research/train/moe_aux.py) to the
-SFT and GRPO objectives (PPO's objective leaves them out: its routers train without them).
+SFT and GRPO objectives (PPO's objective, in "ppo" and "ppo_rlvr", leaves them out: its routers train without
+them).
 """
 
 import os
@@ -35,7 +38,7 @@ SEED_THINKING = load_module(os.path.join(HERE, "seed_thinking.py"))
 RLHF = load_module(os.path.join(HERE, "rlhf.py"))
 RLVR = load_module(os.path.join(HERE, "rlvr.py"))
 RL_STAGES = ("grpo", "dapo", "drgrpo", "gspo", "kimi")
-STAGES = ("pretrain", "sft", *RL_STAGES, "rm", "ppo", "eval")
+STAGES = ("pretrain", "sft", *RL_STAGES, "ppo_rlvr", "rm", "ppo", "eval")
 MODELS = ("moe", "llama")
 EVAL_SAMPLES = 8
 
@@ -81,8 +84,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         return pretrain_config(model)
     if args.stage == "eval":
         return eval_config(model)
-    if args.stage in RL_STAGES:
-        config = with_model(RLVR.get_config(f"tiny_{args.stage}"), model)
+    if args.stage in (*RL_STAGES, "ppo_rlvr"):
+        variant = "tiny_ppo" if args.stage == "ppo_rlvr" else f"tiny_{args.stage}"
+        config = with_model(RLVR.get_config(variant), model)
         config.init_from.path = f"workdir/{model}_sft"
         return config
     if args.stage == "sft":

@@ -106,6 +106,7 @@ def ppo_config(config, ppo_max: bool) -> ml_collections.ConfigDict:
     on in `ppo_max` with MOSS-RLHF's values (its config_ppo.py), off in vanilla PPO."""
     config.trainer = "ppo"
     config.ppo = ml_collections.ConfigDict(dict(
+        reward="model",  # the reward model's score; "verifiers": the task suites' (configs/rlvr.py:tiny_ppo)
         prompt_kinds=("arithmetic", "string", "format"), num_prompts=512, prompt_seed=2,
         prompts_per_step=16, max_prompt_len=64, max_new_tokens=32, temperature=0.8, top_p=0.9,
         kl_coef=0.02, kl_target=0.0, kl_horizon=10000, gamma=1.0, lam=0.95, clip=0.2,

@@ -8,6 +8,9 @@ Variants (the tiny LLaMA; minutes per stage on a CPU):
     tiny_drgrpo Dr. GRPO: no std scaling, token sums over a constant normaliser
     tiny_gspo   GSPO: the length-normalised sequence ratio, clipped at 3e-4 / 4e-4
     tiny_kimi   Kimi k1.5: the squared surrogate with τ, optimizer reset each step, the length reward
+    tiny_ppo    PPO (configs/rlhf.py:tiny_ppo's vanilla recipe) on the same problems: one response to each
+                of 32 problems a step (GRPO's 4 x 8 samples), the verifier reward at the last token, the
+                per-token KL to the reference in the reward (β 0.02), a critic from the SFT decoder, GAE
     tiny_long2short  Kimi k1.5's long2short by shortest rejection sampling: 8 samples per prompt from the
                 k1.5 policy, fine-tuning on the shortest correct one; chains after tiny_kimi:
 
@@ -32,7 +35,7 @@ from research.config import load_module, parse_arg
 
 LLAMA2 = load_module(os.path.join(os.path.dirname(__file__), "llama2.py"))
 RLHF = load_module(os.path.join(os.path.dirname(__file__), "rlhf.py"))
-VARIANTS = ("tiny_grpo", "tiny_dapo", "tiny_drgrpo", "tiny_gspo", "tiny_kimi", "tiny_long2short")
+VARIANTS = ("tiny_grpo", "tiny_dapo", "tiny_drgrpo", "tiny_gspo", "tiny_kimi", "tiny_ppo", "tiny_long2short")
 
 
 def rl_config() -> ml_collections.ConfigDict:
@@ -59,20 +62,43 @@ def rl_config() -> ml_collections.ConfigDict:
     ))
 
 
+def ppo_config(config) -> ml_collections.ConfigDict:
+    """PPO with verifiable rewards (research/train/trainers/ppo.py, `ppo.reward = "verifiers"`): vanilla PPO's
+    fields, GRPO's sampling budget (prompts_per_step x group_size responses a step, one to each problem),
+    its problems, lengths, temperature and reward (correctness + format weight + optional soft overlong)."""
+    rl = rl_config()
+    config = RLHF.ppo_config(config, ppo_max=False)
+    config.ppo.update(reward="verifiers", prompts_per_step=rl.prompts_per_step * rl.group_size,
+                      max_prompt_len=rl.max_prompt_len, max_new_tokens=rl.max_new_tokens,
+                      temperature=rl.temperature, top_p=rl.top_p)
+    for name in ("prompt_kinds", "num_prompts", "prompt_seed"):  # the helpfulness prompts: not read here
+        del config.ppo[name]
+    config.ppo.suites, config.ppo.problem_seed = rl.suites, rl.problem_seed
+    config.ppo.format_weight, config.ppo.soft_overlong = rl.format_weight, rl.soft_overlong
+    return config
+
+
+def with_stage_fields(config) -> ml_collections.ConfigDict:
+    """What every variant shares: 60 steps, greedy pass@1 on in-domain and held-out arithmetic every 20
+    steps, the policy from the SFT run."""
+    config.train.update(steps=60, log_every=5, checkpoint_every=20)
+    config.evals = ml_collections.ConfigDict(dict(in_domain=RLHF.tasks_eval("train", every=20),
+                                                  held_out=RLHF.tasks_eval("held_out", every=20)))
+    config.init_from = ml_collections.ConfigDict(dict(kind="run", path="workdir/sft_tiny", parts="params",
+                                                      into="policy"))
+    return config
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = parse_arg(arg, variant="tiny_grpo")
     if args.variant not in VARIANTS:
         raise ValueError(f"unknown rlvr variant {args.variant!r}; known: {VARIANTS}")
     config = LLAMA2.get_config("tiny")
+    if args.variant == "tiny_ppo":
+        return with_stage_fields(ppo_config(config))
     config.trainer = "grpo"
     config.rl = rl_config()
-    config.train.steps = 60
-    config.train.log_every = 5
-    config.train.checkpoint_every = 20
-    config.evals = ml_collections.ConfigDict(dict(in_domain=RLHF.tasks_eval("train", every=20),
-                                                  held_out=RLHF.tasks_eval("held_out", every=20)))
-    config.init_from = ml_collections.ConfigDict(dict(kind="run", path="workdir/sft_tiny", parts="params",
-                                                      into="policy"))
+    with_stage_fields(config)
     config.optimizer.learning_rate = 1e-5
     config.optimizer.warmup_steps = 0
     config.optimizer.schedule = "constant"

@@ -25,7 +25,9 @@ The batch carries what the loss needs (tokens, response mask, log-probs under th
 the reference, the reward and the group advantage of each response) and scalar statistics that the
 train step logs: mean reward, accuracy, response length, truncated share, tool calls per response, the
 mean normalised difficulty of the problems, and the counts above.
-The host position (how many problems were taken) is saved with each checkpoint.
+The host position (how many problems were taken) is saved with each checkpoint. The problem order, the
+prompts that fit, the judging and the verifier reward are functions here that PPO's rollouts on the same
+problems share (research/train/ppo_verifier_rollouts.py).
 """
 
 import dataclasses
@@ -85,6 +87,53 @@ class ProblemStream:
         return problems
 
 
+def fitting_prompts(stream: ProblemStream, prompt_ids, count: int, max_prompt_len: int) -> tuple[list, int]:
+    """The next `count` (problem, prompt ids) of `stream` whose prompts (`prompt_ids(problem)`) have at most
+    `max_prompt_len` tokens, and how many it skipped: a prompt is skipped, never cut."""
+    kept, skipped = [], 0
+    while len(kept) < count:
+        for problem in stream.take(count - len(kept)):
+            ids = prompt_ids(problem)
+            if len(ids) <= max_prompt_len:
+                kept.append((problem, ids))
+            else:
+                skipped += 1
+    return kept, skipped
+
+
+def padded_prompts(prompts: list, length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(prompts right-padded with `pad_id` to `[B, length]` int32, their lengths `[B]` int32)."""
+    padded = np.full((len(prompts), length), pad_id, np.int32)
+    for row, ids in enumerate(prompts):
+        padded[row, :len(ids)] = ids
+    return padded, np.array([len(ids) for ids in prompts], np.int32)
+
+
+def response_ids(result) -> list[np.ndarray]:
+    """Each row's response token ids (its mask's tokens) of the Rollout `result`, gathered from every process."""
+    tokens = np.asarray(multihost_utils.process_allgather(result.tokens, tiled=True))
+    mask = np.asarray(multihost_utils.process_allgather(result.response_mask, tiled=True))
+    return [tokens[row][mask[row]] for row in range(tokens.shape[0])]
+
+
+def judge_response(tokenizer, problem, response) -> tuple[float, bool]:
+    """(verifier score, well formed) of one response's token ids to `problem`; never raises on model text."""
+    parsed = parse_completion(tokenizer, response)
+    return problem_score(problem, parsed.answer).score, format_score("<think>" + tokenizer.decode(response)).correct
+
+
+def verifier_rewards(score, well_formed, lengths, config) -> np.ndarray:
+    """r = score + format_weight·well_formed + DAPO's soft overlong punishment of the response lengths (when
+    `config.soft_overlong.enabled`): float32 `[B]`, from host arrays `[B]` (the shared part of every
+    verifiable reward; `config` is a trainer's `rl` or `ppo` fields)."""
+    rewards = score + config.format_weight * well_formed
+    if config.soft_overlong.enabled:
+        rewards = rewards + np.asarray(soft_overlong_punishment(
+            jnp.asarray(lengths), max_length=config.soft_overlong.max_length,
+            cache_length=config.soft_overlong.cache_length))
+    return np.asarray(rewards, np.float32)
+
+
 def difficulty_of(problems) -> np.ndarray:
     """Each problem's normalised difficulty (research/rl/prompt_sampling.py) among its suite's training levels."""
     return normalised_difficulty([p.difficulty for p in problems],
@@ -137,15 +186,8 @@ class VerifiableRollouts:
                 curriculum_steps=c.curriculum_steps, attempts=counts["attempts"], successes=counts["successes"])
             indices = draw_problems(probabilities, count, seed=c.problem_seed, step=step, draw=draw)
             return [(*self.pool[index], index) for index in indices], 0
-        kept, skipped = [], 0
-        while len(kept) < count:
-            for problem in self.stream.take(count - len(kept)):
-                ids = self.prompt_ids(problem)
-                if len(ids) <= self.config.max_prompt_len:
-                    kept.append((problem, ids, None))
-                else:
-                    skipped += 1
-        return kept, skipped
+        kept, skipped = fitting_prompts(self.stream, self.prompt_ids, count, self.config.max_prompt_len)
+        return [(problem, ids, None) for problem, ids in kept], skipped
 
     def rollouts(self, params, problems, rng):
         """(per-response host arrays, per-token device arrays) of `group_size` rollouts of each problem."""
@@ -163,14 +205,10 @@ class VerifiableRollouts:
 
     def single_turn(self, params, prompts, rng):
         """(Rollout, each row's response token ids, tool calls: none) of one sampled turn per prompt."""
-        padded = np.full((len(prompts), self.config.max_prompt_len), self.tokenizer.pad_id, np.int32)
-        for row, ids in enumerate(prompts):
-            padded[row, :len(ids)] = ids
-        result = self.sample(params["policy"], jnp.asarray(padded), jnp.asarray([len(ids) for ids in prompts]), rng,
+        padded, lengths = padded_prompts(prompts, self.config.max_prompt_len, self.tokenizer.pad_id)
+        result = self.sample(params["policy"], jnp.asarray(padded), jnp.asarray(lengths), rng,
                              reference_params=params.get("reference"))
-        tokens = np.asarray(multihost_utils.process_allgather(result.tokens, tiled=True))
-        mask = np.asarray(multihost_utils.process_allgather(result.response_mask, tiled=True))
-        return result, [tokens[row][mask[row]] for row in range(len(prompts))], np.zeros(len(prompts), np.float32)
+        return result, response_ids(result), np.zeros(len(prompts), np.float32)
 
     def multi_turn(self, params, prompts, rng):
         """(Rollout, each row's last model turn, tool calls per row) of the prompts answered with the tool."""
@@ -184,22 +222,16 @@ class VerifiableRollouts:
 
     def judge(self, problem, response) -> tuple[float, bool]:
         """(verifier score, well formed) of one response's token ids; never raises on model text."""
-        parsed = parse_completion(self.tokenizer, response)
-        return problem_score(problem, parsed.answer).score, format_score(
-            "<think>" + self.tokenizer.decode(response)).correct
+        return judge_response(self.tokenizer, problem, response)
 
     def rewards(self, host, result, step: int) -> np.ndarray:
         """Each response's reward at train step `step` (see the module docstring)."""
         c = self.config
-        rewards = host["score"] + c.format_weight * host["well_formed"]
+        rewards = verifier_rewards(host["score"], host["well_formed"], host["length"], c)
         if c.length_reward.weight:
             weight = length_reward_weight(step, warmup_steps=c.length_reward.warmup_steps, weight=c.length_reward.weight)
             rewards += np.asarray(weight * kimi_length_reward(jnp.asarray(host["length"]),
                                                               jnp.asarray(host["score"] == 1), c.group_size))
-        if c.soft_overlong.enabled:
-            rewards += np.asarray(soft_overlong_punishment(
-                jnp.asarray(host["length"]), max_length=c.soft_overlong.max_length,
-                cache_length=c.soft_overlong.cache_length))
         if c.kl_in_reward and result.ref_log_probs is not None:
             kl = np.asarray(jnp.sum(result.log_probs - result.ref_log_probs, axis=1))
             rewards -= c.kl_coef * kl

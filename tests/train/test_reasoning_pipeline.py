@@ -65,3 +65,11 @@ def test_the_moe_runs_the_chain_with_its_auxiliary_losses_in_sft_and_grpo(tmp_pa
 def test_unknown_stage_or_model_is_named(arg, message):
     with pytest.raises(ValueError, match=message):
         config_lib.load(f"configs/reasoning_pipeline.py:{arg}")
+
+
+def test_the_ppo_rlvr_stage_is_ppo_with_verifiable_rewards_on_the_grpo_stages_model_and_start():
+    ppo, grpo = (config_lib.load(f"configs/reasoning_pipeline.py:stage={stage},model=moe")
+                 for stage in ("ppo_rlvr", "grpo"))
+    assert ppo.trainer == "ppo" and ppo.ppo.reward == "verifiers"
+    assert ppo.model == grpo.model and ppo.model.moe.num_experts > 1
+    assert ppo.init_from.path == grpo.init_from.path == "workdir/moe_sft"

@@ -1,14 +1,22 @@
-"""RLHF with PPO and the PPO-max switches (`config.trainer = "ppo"`): LLaMA-2 §3.2.3, "Secrets of RLHF".
+"""RLHF with PPO and the PPO-max switches (`config.trainer = "ppo"`): LLaMA-2 §3.2.3, "Secrets of RLHF";
+and PPO with verifiable rewards on the task suites GRPO trains on (`ppo.reward = "verifiers"`).
 
 Four models: the actor π (trained), the critic V (trained; a decoder with a scalar head), the frozen
-reference π_ref and the frozen reward model r. One loop step, all on the devices:
+reference π_ref and the frozen reward model r (none with verifiable rewards). One loop step:
 
-  rollout   the next `prompts_per_step` prompts (a table kept in the batch source's state) answered by
-            π (research/rl/rollout.py), scored by r at each response's last token;
-  logged    per rollout: the mean score, KL to the reference (summed over a response), response length,
-            the policy's perplexity on its own responses exp(−mean log π(y_t)) (at the sampling
-            temperature) and distinct-2 of the batch's responses (a collapse indicator);
-  reward    s = r(x, y), then (`normalize_reward`) (s − μ)/σ with running statistics of the scores seen
+  rollout   `ppo.reward` "model" (all on the devices): the next `prompts_per_step` helpfulness prompts
+            (a table kept in the batch source's state) answered by π (research/rl/rollout.py), scored by
+            r at each response's last token;
+            "verifiers": the next `prompts_per_step` problems of `ppo.suites` asked once each in the
+            think-then-answer format, sampled on the devices, each response scored on the host by GRPO's
+            verifier reward s = correct + format_weight·[well formed] + soft overlong punishment
+            (research/train/ppo_verifier_rollouts.py), then shaped on the devices as below;
+  logged    per rollout: the mean score ("model": `score`; "verifiers": `reward`, `accuracy`,
+            `format_rate`, `skipped_prompts`, named as GRPO names them), KL to the reference (summed
+            over a response), response length, the truncated share, the policy's perplexity on its own
+            responses exp(−mean log π(y_t)) (at the sampling temperature) and distinct-2 of the batch's
+            responses (a collapse indicator);
+  reward    s the score, then (`normalize_reward`) (s − μ)/σ with running statistics of the scores seen
             so far, clipped to ±`reward_clip`; per token r_t = −β·(log π − log π_ref)_t, plus s at the
             last response token (research/rl/rewards.py); β fixed or adapted toward `kl_target`
             (Ziegler et al.'s controller: β ← β·(1 + clip(KL/target − 1, ±0.2)·B/horizon));
@@ -24,13 +32,17 @@ reference π_ref and the frozen reward model r. One loop step, all on the device
             over actor and critic with the critic's learning rate scaled by `critic_lr_scale` and
             one global gradient-norm clip (PPO-max).
 
-Parameters: {"policy", "value", "reference", "reward"}; `init_from` fills them from earlier runs:
-the policy from SFT (`into: "policy"`), the reward model from a reward-model run (`extra`); the critic
-starts as a copy of the reward model (PPO-max, `critic_from_reward`) or at random, unless loaded; the
-reference starts as a copy of the policy unless loaded. With LoRA
-(research/train/lora_state.py) the policy trains adapters over a frozen base from `lora.base` (the SFT
-run), the reference is that base with the starting adapters, and `init_from.kind` is "none" (its
-`extra` still loads the reward model and critic).
+Evaluators: `config.evals` of kind "tasks" (research/train/tasks_evaluator.py) on the policy, GRPO's greedy
+pass@1 on the in-domain and held-out problems.
+
+Parameters: {"policy", "value", "reference", "reward"} ("verifiers": no "reward"); `init_from` fills them
+from earlier runs: the policy from SFT (`into: "policy"`), the reward model from a reward-model run
+(`extra`); the critic starts as a copy of the reward model (PPO-max, `critic_from_reward`) or at random,
+with verifiable rewards as the policy's decoder under a fresh scalar head (every value 0 at first), unless
+loaded; the reference starts as a copy of the policy unless loaded. With LoRA
+(research/train/lora_state.py; reward model only) the policy trains adapters over a frozen base from
+`lora.base` (the SFT run), the reference is that base with the starting adapters, and `init_from.kind` is
+"none" (its `extra` still loads the reward model and critic).
 """
 
 import functools
@@ -57,13 +69,18 @@ from research.rl.rollout import rollout
 from research.rl.running_stats import RunningStats, init_running_stats, normalise_and_clip, update_running_stats
 from research.train.batches import IteratorBatches, OnPolicyBatches
 from research.train.flops import flops_per_token
-from research.train.lora_state import adapted, adapter_optimizer, lora_task, merged_params
+from research.train.lora_state import adapted, adapter_optimizer, lora_enabled, lora_task, merged_params
+from research.train.ppo_verifier_rollouts import STATISTICS as VERIFIER_STATISTICS, VerifierRewardedRollouts
 from research.train.rollouts_with_text import RolloutsWithText
 from research.train.state import TrainState
 from research.train.task import Task
+from research.train.tasks_evaluator import tasks_evaluator
 from research.train.trainers.lm import corpus_batches, lm_batch_spec, loss_sums, minibatch_epochs, model_tokenizer
 
 PTX = "ptx"  # the batch entry of the pretraining rows
+REWARDS = ("model", "verifiers")  # ppo.reward: the reward model's score, or the verifiers' on the task suites
+VERIFIER_FIELDS = ("suites", "problem_seed", "format_weight", "soft_overlong")  # what ppo.reward "verifiers" reads
+SHAPING_STATISTICS = ("kl", "kl_coef", "response_length", "truncated", "perplexity", "distinct_2")
 
 @flax.struct.dataclass
 class SourceState:
@@ -124,35 +141,58 @@ def make_rollouts(policy_model, critic, ppo, tokenizer_stop_ids, pad_id, as_plai
         result = rollout(policy_model, params["policy"], source.prompts[index], source.prompt_lengths[index], rng,
                          max_new_tokens=ppo.max_new_tokens, temperature=ppo.temperature, top_p=ppo.top_p,
                          stop_ids=tokenizer_stop_ids, pad_id=pad_id, reference_params=params["reference"])
-        mask = result.response_mask
         lengths = source.prompt_lengths[index] + result.response_lengths
-        scores = score_responses(critic, params["reward"], result.tokens, lengths, mask)
-        stats = update_running_stats(source.reward_stats, scores)
-        shaped = normalise_and_clip(scores, stats, clip=ppo.reward_clip) if ppo.normalize_reward else scores
-        if not ppo.normalize_reward and ppo.reward_clip:
-            shaped = clip_reward(shaped, ppo.reward_clip)
-        kl = jnp.where(mask, result.log_probs - result.ref_log_probs, 0.0)
-        rewards = kl_penalised_rewards(shaped, kl, mask, beta=source.kl_coef)
-        values = jnp.where(mask, shifted_values(critic, params["value"], result.tokens), 0.0)
-        advantages, returns = gae(rewards, values, mask, gamma=ppo.gamma, lam=ppo.lam)
-        if ppo.normalize_advantage:
-            advantages = masked_whiten(advantages, mask)
-        if ppo.advantage_clip:
-            advantages = jnp.clip(advantages, -ppo.advantage_clip, ppo.advantage_clip)
-        sequence_kl = jnp.mean(jnp.sum(kl, axis=1))
-        mean_log_prob = jnp.sum(jnp.where(mask, result.log_probs, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
-        batch = {"tokens": result.tokens, "response_mask": mask.astype(jnp.float32),
-                 "old_log_probs": result.log_probs, "old_values": values, "advantages": advantages,
-                 "returns": returns, "statistics": {
-                     "score": jnp.mean(scores), "kl": sequence_kl, "kl_coef": source.kl_coef,
-                     "response_length": jnp.mean(result.response_lengths.astype(jnp.float32)),
-                     "truncated": jnp.mean(result.truncated.astype(jnp.float32)),
-                     "perplexity": jnp.exp(-mean_log_prob), "distinct_2": distinct_bigram_share(result.tokens, mask)}}
+        scores = score_responses(critic, params["reward"], result.tokens, lengths, result.response_mask)
+        batch, stats, kl_coef = shaped_rollouts(critic, ppo, params, result, scores, source.reward_stats,
+                                                source.kl_coef)
+        batch["statistics"]["score"] = jnp.mean(scores)
         source = source.replace(cursor=(source.cursor + count) % source.prompts.shape[0], reward_stats=stats,
-                                kl_coef=adapted_kl_coef(source.kl_coef, sequence_kl, ppo, count))
+                                kl_coef=kl_coef)
         return batch, source
 
     return make
+
+
+def shaped_rollouts(critic, ppo, params, result, scores, reward_stats, kl_coef):
+    """(batch, reward_stats, kl_coef) of the Rollout `result` whose responses scored `scores [B]`: s
+    normalised and clipped as the module docstring says (the running statistics updated with `scores`),
+    r_t = −β·(log π − log π_ref)_t on every response token plus s at its last one, V_t from the critic
+    `params["value"]`, GAE's Â_t and R_t (Â whitened and clipped when asked), the rollout statistics
+    (SHAPING_STATISTICS) and the next β (`adapted_kl_coef`)."""
+    mask = result.response_mask
+    stats = update_running_stats(reward_stats, scores)
+    shaped = normalise_and_clip(scores, stats, clip=ppo.reward_clip) if ppo.normalize_reward else scores
+    if not ppo.normalize_reward and ppo.reward_clip:
+        shaped = clip_reward(shaped, ppo.reward_clip)
+    kl = jnp.where(mask, result.log_probs - result.ref_log_probs, 0.0)
+    rewards = kl_penalised_rewards(shaped, kl, mask, beta=kl_coef)
+    values = jnp.where(mask, shifted_values(critic, params["value"], result.tokens), 0.0)
+    advantages, returns = gae(rewards, values, mask, gamma=ppo.gamma, lam=ppo.lam)
+    if ppo.normalize_advantage:
+        advantages = masked_whiten(advantages, mask)
+    if ppo.advantage_clip:
+        advantages = jnp.clip(advantages, -ppo.advantage_clip, ppo.advantage_clip)
+    sequence_kl = jnp.mean(jnp.sum(kl, axis=1))
+    mean_log_prob = jnp.sum(jnp.where(mask, result.log_probs, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+    batch = {"tokens": result.tokens, "response_mask": mask.astype(jnp.float32), "old_log_probs": result.log_probs,
+             "old_values": values, "advantages": advantages, "returns": returns, "statistics": {
+                 "kl": sequence_kl, "kl_coef": kl_coef,
+                 "response_length": jnp.mean(result.response_lengths.astype(jnp.float32)),
+                 "truncated": jnp.mean(result.truncated.astype(jnp.float32)),
+                 "perplexity": jnp.exp(-mean_log_prob), "distinct_2": distinct_bigram_share(result.tokens, mask)}}
+    return batch, stats, adapted_kl_coef(kl_coef, sequence_kl, ppo, scores.shape[0])
+
+
+def verifier_shaping(critic, ppo):
+    """`shape(params, result, scores, state) -> (batch, state)` of the verifier rollouts
+    (research/train/ppo_verifier_rollouts.py), `state` {"reward_stats", "kl_coef"}."""
+
+    def shape(params, result, scores, state):
+        batch, stats, kl_coef = shaped_rollouts(critic, ppo, params, result, scores, state["reward_stats"],
+                                                state["kl_coef"])
+        return batch, {"reward_stats": stats, "kl_coef": kl_coef}
+
+    return shape
 
 
 def pretraining_loss(policy_model, policy_params, rows):
@@ -236,9 +276,36 @@ def prompt_table(ppo, tokenizer):
     return jnp.asarray(table), jnp.asarray([len(row) for row in rows], jnp.int32)
 
 
-def build(config, mesh) -> Task:
-    """The PPO Task for `config` (configs/rlhf.py:tiny_ppo)."""
+def critic_from_policy(policy_params, fresh_critic_params) -> dict:
+    """The critic's parameters with the policy's decoder as its backbone and the fresh critic's scalar
+    head (w = 0: every value starts at 0)."""
+    return {"backbone": policy_params, "head": fresh_critic_params["head"]}
+
+
+def check_reward_source(config) -> None:
+    """ValueError naming the field when `config.ppo.reward` is unknown or its fields do not fit it."""
     ppo = config.ppo
+    if ppo.reward not in REWARDS:
+        raise ValueError(f"config field ppo.reward: {ppo.reward!r} is not one of {REWARDS}")
+    if ppo.reward == "model":
+        return
+    missing = [name for name in VERIFIER_FIELDS if name not in ppo]
+    if missing:
+        raise ValueError(f"config fields {', '.join('ppo.' + name for name in missing)}: missing, and ppo.reward "
+                         "'verifiers' reads them (configs/rlvr.py:tiny_ppo sets them)")
+    if ppo.critic_from_reward:
+        raise ValueError("config field ppo.critic_from_reward: ppo.reward 'verifiers' has no reward model; the "
+                         "critic starts from the policy")
+    if lora_enabled(config):
+        raise ValueError("config field lora.enabled: ppo.reward 'verifiers' starts the critic from the policy's "
+                         "weights, which LoRA keeps out of the train state")
+
+
+def build(config, mesh) -> Task:
+    """The PPO Task for `config` (configs/rlhf.py:tiny_ppo, configs/rlvr.py:tiny_ppo)."""
+    ppo = config.ppo
+    check_reward_source(config)
+    verifiers = ppo.reward == "verifiers"
     batch_size, length = ppo.prompts_per_step, ppo.max_prompt_len + ppo.max_new_tokens
     if batch_size % ppo.minibatches:
         raise ValueError(f"config field ppo.minibatches: {ppo.minibatches} does not divide ppo.prompts_per_step "
@@ -260,13 +327,19 @@ def build(config, mesh) -> Task:
         params = params or {}
         dummy = jnp.zeros((1, length), jnp.int32)
         policy = params.get("policy") or trained_policy.init(jax.random.fold_in(rng, 0), dummy)["params"]
-        reward = params.get("reward") or critic.init(jax.random.fold_in(rng, 1), dummy)["params"]
-        value = params.get("value") or (reward if ppo.critic_from_reward else
-                                        critic.init(jax.random.fold_in(rng, 2), dummy)["params"])
-        state_params = {"policy": policy, "value": value, "reference": params.get("reference", policy),
-                        "reward": reward}
+        if verifiers:
+            judged = {"value": params.get("value") or critic_from_policy(
+                policy, critic.init(jax.random.fold_in(rng, 2), dummy)["params"])}
+        else:
+            reward = params.get("reward") or critic.init(jax.random.fold_in(rng, 1), dummy)["params"]
+            judged = {"reward": reward, "value": params.get("value") or (
+                reward if ppo.critic_from_reward else critic.init(jax.random.fold_in(rng, 2), dummy)["params"])}
+        state_params = {"policy": policy, "reference": params.get("reference", policy), **judged}
         trained = {role: state_params[role] for role in ("policy", "value")}
         return TrainState(step=jnp.zeros((), jnp.int32), params=state_params, opt_state=optimizer.init(trained))
+
+    def shaping_init(rng):
+        return {"reward_stats": init_running_stats(), "kl_coef": jnp.asarray(ppo.kl_coef, jnp.float32)}
 
     def source_init(rng):
         prompts, lengths = prompt_table(ppo, tokenizer())
@@ -278,20 +351,29 @@ def build(config, mesh) -> Task:
             return nn.LogicallyPartitioned(jax.ShapeDtypeStruct(shape, dtype), axes)
         per_token = {name: leaf((batch_size, length), jnp.float32, ("batch", None)) for name in (
             "response_mask", "old_log_probs", "old_values", "advantages", "returns")}
-        statistics = {name: leaf((), jnp.float32, ()) for name in (
-            "score", "kl", "kl_coef", "response_length", "truncated", "perplexity", "distinct_2")}
+        names = SHAPING_STATISTICS + (VERIFIER_STATISTICS if verifiers else ("score",))
+        statistics = {name: leaf((), jnp.float32, ()) for name in names}
         spec = {"tokens": leaf((batch_size, length), jnp.int32, ("batch", None)), **per_token, "statistics": statistics}
         return {**spec, PTX: lm_batch_spec(config.train.batch_size, config.train.seq_len)} if ppo.ptx_coef else spec
 
     def batches(shardings):
-        rollouts = OnPolicyBatches(source_init, make_rollouts(policy_model, critic, ppo, stop_ids(tokenizer()),
-                                                              tokenizer().pad_id,
-                                                              lambda params: merged_params(params, config)),
-                                   {name: value for name, value in shardings.items() if name != PTX})
+        rollout_shardings = {name: value for name, value in shardings.items() if name != PTX}
+        if verifiers:
+            rollouts = VerifierRewardedRollouts(policy_model, tokenizer(), ppo, shaping_init,
+                                                verifier_shaping(critic, ppo), rollout_shardings)
+        else:
+            rollouts = OnPolicyBatches(source_init, make_rollouts(policy_model, critic, ppo, stop_ids(tokenizer()),
+                                                                  tokenizer().pad_id,
+                                                                  lambda params: merged_params(params, config)),
+                                       rollout_shardings)
         if not ppo.ptx_coef:
             return rollouts
         text = corpus_batches(config, tokenizer(), split="train", num_epochs=None, seed=config.seed)
         return RolloutsWithText(rollouts, IteratorBatches(text, shardings[PTX]), PTX)
+
+    def evaluators(shardings):
+        return {name: tasks_evaluator(c, policy_model, tokenizer(), config.seed, lambda params: params["policy"])
+                for name, c in config.evals.items()}
 
     matmul_params = count_params(config.model)["active"] - config.model.vocab_size * config.model.dim
     return lora_task(Task(
@@ -299,7 +381,7 @@ def build(config, mesh) -> Task:
         train_step=make_train_step(trained_policy, critic, ppo, optimizer, schedule),
         batch_spec=batch_spec(),
         batches=batches,
-        evaluators=lambda shardings: {},
+        evaluators=evaluators,
         tokens_per_step=batch_size * length * ppo.inner_epochs * ppo.minibatches,
         flops_per_token=2 * flops_per_token(config.model, length, matmul_params),  # actor and critic
     ), config)
