@@ -3,10 +3,11 @@ sampled evaluation of any run's policy.
 
 The chain is configs/reasoning_pipeline.py's (model "llama") at a CPU-sized shape: a 3-layer decoder
 of width 96 fine-tuned from scratch on worked arithmetic solutions (the CPython-docs pretraining stage
-teaches no arithmetic, so it is left out), then RL on arithmetic problems of the training difficulties
-(1 to 3 steps), judged greedily on 64 problems of the training levels ("in_domain") and 64 of the
-held-out levels (4 and 5 steps, "held_out"). `quick` swaps in runs.QUICK_MODEL (byte tokenizer, width 32)
-and a few steps each: the experiments' tests.
+teaches no arithmetic, so it is left out; 1200 steps of 8 packed rows from 20,000 distinct problems),
+then RL on arithmetic problems of the training difficulties (1 to 3 steps; 60 steps), judged greedily on
+128 problems of the training levels ("in_domain") and 128 of the held-out levels (4 and 5 steps,
+"held_out"). `quick` swaps in runs.QUICK_MODEL (byte tokenizer, width 32) and a few steps each: the
+experiments' tests.
 
 Runs live in `shared_dir(out_dir)`, the gallery's work directory for the seed (work/rl_runs/seed_K),
 so each experiment of the same seed trains the SFT start and an RL variant once and reuses it
@@ -36,13 +37,15 @@ from research.rl.task_eval import majority_correct, prompt_ids, response_length
 from research.rl.verifiers import problem_score
 from research.train.checkpoint import Checkpointer
 from research.train.metrics import read_metrics
+from research.train.trainers.ppo import value_config
 
 PIPELINE = "configs/reasoning_pipeline.py:stage={stage},model=llama"
 SUITE = "arithmetic"
 EVAL_SEED = 1  # the evaluation problems' seed, apart from training's (0)
 SMALL_MODEL = ["model.dim=96", "model.num_layers=3", "model.num_heads=4", "model.num_kv_heads=2",
                "model.hidden_dim=256"]
-FULL = {"eval_count": 64, "new_tokens": 144, "sft_steps": 500, "rl_steps": 12, "eval_every": 0}
+FULL = {"eval_count": 128, "new_tokens": 160, "sft_steps": 1200, "rl_steps": 60, "eval_every": 0}
+SCALAR_HEADED = ("value", "reward")  # a PPO run's critic and reward model: decoders under a scalar head
 QUICK = {"eval_count": 2, "new_tokens": 8, "sft_steps": 4, "rl_steps": 2, "eval_every": 0}
 
 
@@ -64,7 +67,7 @@ def sft_config(*, quick: bool, seed: int) -> ml_collections.FrozenConfigDict:
     fields = [f"seed={seed}", "init_from.kind=none", "init_from.path=", f"data.sft.suites=('{SUITE}',)",
               f"train.steps={s['sft_steps']}", "train.eval_every=0", "train.checkpoint_every=0", "train.log_every=25"]
     fields += (QUICK_MODEL + ["data.sft.count=40"] if quick else
-               SMALL_MODEL + ["train.batch_size=8", "train.seq_len=256", "data.sft.count=5000",
+               SMALL_MODEL + ["train.batch_size=8", "train.seq_len=256", "data.sft.count=20000",
                               "optimizer.learning_rate=3e-3"])
     config = config_lib.load(PIPELINE.format(stage="sft"), fields + evals(quick, every=0))
     config = config_lib.unfrozen(config)
@@ -73,16 +76,22 @@ def sft_config(*, quick: bool, seed: int) -> ml_collections.FrozenConfigDict:
 
 
 def rl_config(stage: str, sft_dir: Path, *, quick: bool, seed: int, overrides=()) -> ml_collections.FrozenConfigDict:
-    """RL stage `stage` (grpo, dapo, drgrpo, kimi) of the pipeline from the SFT run in `sft_dir`: 4 problems x
-    8 responses a step, learning rate 5e-5, `overrides` ("rl.field=value") last."""
+    """RL stage `stage` (grpo, dapo, drgrpo, kimi, or ppo_rlvr: PPO on the same rewards) of the pipeline from the
+    SFT run in `sft_dir`: 4 problems x 8 responses a step (PPO: one response to each of 32 problems), learning
+    rate 3e-4, `overrides` ("rl.field=value", or "ppo.field=value" for PPO) last."""
     s = scale(quick)
-    fields = [f"seed={seed}", f"init_from.path={sft_dir}", f"rl.suites=('{SUITE}',)", f"train.steps={s['rl_steps']}",
-              "train.log_every=1", "train.checkpoint_every=0", f"rl.max_new_tokens={s['new_tokens']}"]
-    fields += (QUICK_MODEL + ["rl.max_prompt_len=288", "rl.prompts_per_step=2", "rl.group_size=4",
-                              "rl.soft_overlong.max_length=8", "rl.soft_overlong.cache_length=4"] if quick else
-               SMALL_MODEL + ["rl.max_prompt_len=128", "rl.prompts_per_step=4", "rl.group_size=8",
-                              "optimizer.learning_rate=5e-5", f"rl.soft_overlong.max_length={s['new_tokens']}",
-                              "rl.soft_overlong.cache_length=32"])
+    block = "ppo" if stage == "ppo_rlvr" else "rl"
+    prompts, group = (2, 4) if quick else (4, 8)
+    sampling = [f"ppo.prompts_per_step={prompts * group}"] if block == "ppo" else [
+        f"rl.prompts_per_step={prompts}", f"rl.group_size={group}"]
+    fields = [f"seed={seed}", f"init_from.path={sft_dir}", f"{block}.suites=('{SUITE}',)",
+              f"train.steps={s['rl_steps']}", "train.log_every=1", "train.checkpoint_every=0",
+              f"{block}.max_new_tokens={s['new_tokens']}"]
+    fields += (QUICK_MODEL + [f"{block}.max_prompt_len=288", *sampling, f"{block}.soft_overlong.max_length=8",
+                              f"{block}.soft_overlong.cache_length=4"] if quick else
+               SMALL_MODEL + [f"{block}.max_prompt_len=128", *sampling, "optimizer.learning_rate=3e-4",
+                              f"{block}.soft_overlong.max_length={s['new_tokens']}",
+                              f"{block}.soft_overlong.cache_length=32"])
     return config_lib.load(PIPELINE.format(stage=stage), fields + evals(quick, s["eval_every"]) + list(overrides))
 
 
@@ -126,16 +135,21 @@ def run_config(workdir: Path) -> ml_collections.FrozenConfigDict:
 
 def policy_params(workdir: Path, model_config):
     """The decoder's parameters in the newest checkpoint of the run in `workdir` (an RL run's "policy"
-    beside its "reference", or an SFT run's whole tree), on the first device."""
+    beside its "reference" and, for PPO, the critic's "value" and the reward model's "reward", which are
+    decoders under a scalar head; or an SFT run's whole tree), on the first device."""
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    decoder = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                           abstract_params(model_config))
+
+    def placed(config):
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract_params(config))
+
+    decoder = placed(model_config)
     with Checkpointer(Path(workdir) / "checkpoints", read_only=True) as reader:
         step = reader.newest_step()
         roles = {name.split("/")[1] for name in reader.saved_arrays(step) if name.startswith("params/")}
         if "policy" not in roles:
             return reader.restore_params(step, decoder)
-        return reader.restore_params(step, {role: decoder for role in roles})["policy"]
+        abstract = {role: placed(value_config(model_config)) if role in SCALAR_HEADED else decoder for role in roles}
+        return reader.restore_params(step, abstract)["policy"]
 
 
 def sampled_answers(workdir: Path, split: str, *, samples: int, temperature: float, count: int,

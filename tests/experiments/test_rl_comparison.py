@@ -1,15 +1,15 @@
-"""experiments/rl_comparison.py --quick: GRPO and k1.5 from one SFT start on the same sampling budget."""
+"""experiments/rl_comparison.py --quick: GRPO, k1.5 and PPO from one SFT start on the same sampling budget."""
 
 from experiments import rl_comparison
 from experiments.metadata import DOES_NOT_HOLD, HOLDS, Estimate
 from tests.experiments.quick import run_quick
 
 
-def test_both_methods_sample_the_same_responses_from_the_shared_sft_start(tmp_path):
-    report, outcome = run_quick("rl_comparison", tmp_path)
-    assert [row["method"] for row in outcome.rows] == ["SFT start", "GRPO", "k1.5"]
-    grpo, kimi = outcome.rows[1:]
-    assert grpo["sampled_responses"] == kimi["sampled_responses"] == 2 * 2 * 4  # steps x prompts x group
+def test_every_method_samples_the_same_responses_from_the_shared_sft_start(tmp_path):
+    _, outcome = run_quick("rl_comparison", tmp_path)
+    assert [row["method"] for row in outcome.rows] == ["SFT start", "GRPO", "k1.5", "PPO"]
+    grpo, kimi, ppo = outcome.rows[1:]
+    assert grpo["sampled_responses"] == kimi["sampled_responses"] == ppo["sampled_responses"] == 2 * 2 * 4
     assert all(0 <= row["held_out_pass@1"] <= 1 for row in outcome.rows)
     assert (tmp_path / "work" / "rl_runs" / "seed_0" / "sft_quick" / "results.json").exists()
 
@@ -17,11 +17,11 @@ def test_both_methods_sample_the_same_responses_from_the_shared_sft_start(tmp_pa
 def test_judge_reads_a_held_out_gain_beyond_one_problem():
     def numbers(**values):
         return {name: Estimate(value, 0.0, (value,)) for name, value in values.items()}
-    lengths = dict(sft_held_out=0.1, sft_in_domain=0.3, grpo_length=50.0, kimi_length=40.0)
-    same = rl_comparison.judge(numbers(grpo_held_out=0.1, kimi_held_out=0.1, grpo_in_domain=0.3, kimi_in_domain=0.3,
-                                       **lengths))
-    better = rl_comparison.judge(numbers(grpo_held_out=0.2, kimi_held_out=0.15, grpo_in_domain=0.4,
-                                         kimi_in_domain=0.4, **lengths))
+    lengths = dict(sft_held_out=0.1, sft_in_domain=0.3, grpo_length=50.0, kimi_length=40.0, ppo_length=45.0)
+    same = rl_comparison.judge(numbers(grpo_held_out=0.1, kimi_held_out=0.1, ppo_held_out=0.1, grpo_in_domain=0.3,
+                                       kimi_in_domain=0.3, ppo_in_domain=0.3, **lengths))
+    better = rl_comparison.judge(numbers(grpo_held_out=0.2, kimi_held_out=0.15, ppo_held_out=0.2, grpo_in_domain=0.4,
+                                         kimi_in_domain=0.4, ppo_in_domain=0.4, **lengths))
     assert same["rl_raises_held_out"].status == DOES_NOT_HOLD and better["rl_raises_held_out"].status == HOLDS
     assert same["k15_matches_grpo"].status == DOES_NOT_HOLD  # neither learns: nothing to compare
     assert better["k15_matches_grpo"].status == HOLDS  # equal in-domain gains
