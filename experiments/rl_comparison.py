@@ -40,7 +40,7 @@ TIE = 1 / rl_runs.FULL["eval_count"]  # one held-out problem: differences below 
 
 EXPERIMENT = Experiment(
     name="rl_comparison",
-    title="GRPO vs Kimi k1.5 on the same sampling budget",
+    title="GRPO vs Kimi k1.5 vs PPO on the same sampling budget",
     paper="Kimi k1.5: Scaling Reinforcement Learning with LLMs (with DeepSeekMath's GRPO as the baseline)",
     arxiv="2501.12599",
     reproduces="§2.3 (policy optimisation without a value network) in shape",
