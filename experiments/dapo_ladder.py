@@ -30,7 +30,7 @@ RUNGS = (  # (run name, label, the switch this rung adds)
     ("dapo_token_loss", "+ token-level loss", ("rl.aggregation=token_mean",)),
     ("dapo_dynamic_sampling", "+ dynamic sampling", ("rl.dynamic_sampling=True",)),
 )
-MARGIN = 1 / 64  # one held-out problem of 64
+MARGIN = 1 / rl_runs.FULL["eval_count"]  # one held-out evaluation problem
 
 EXPERIMENT = Experiment(
     name="dapo_ladder",
@@ -67,7 +67,7 @@ def run(out_dir: Path, *, quick: bool, seed: int) -> Outcome:
                      "final_rollout_accuracy": trace["accuracy"][-1], "refills": refills})
     plot = out_dir / "dapo_ladder.png"
     draw(rows, sft, plot)
-    return Outcome(headline, rows, markdown(rows, sft), (plot,))
+    return Outcome(headline, rows, markdown(rows, sft, rl_runs.scale(quick)["eval_count"]), (plot,))
 
 
 def draw(rows: list, sft: dict, path: Path) -> None:
@@ -84,14 +84,15 @@ def draw(rows: list, sft: dict, path: Path) -> None:
     figure.savefig(path)
 
 
-def markdown(rows: list, sft: dict) -> str:
+def markdown(rows: list, sft: dict, count: int) -> str:
     lines = ["| rung | in-domain pass@1 | held-out pass@1 | held-out length | last rollout accuracy | refills |",
              "|---|---|---|---|---|---|",
              f"| SFT start | {sft['in_domain_pass@1']:.3f} | {sft['held_out_pass@1']:.3f} | "
              f"{sft['held_out_mean_length']:.1f} | | |"]
     lines += [f"| {r['rung']} | {r['in_domain_pass@1']:.3f} | {r['held_out_pass@1']:.3f} | "
               f"{r['held_out_mean_length']:.1f} | {r['final_rollout_accuracy']:.3f} | {r['refills']} |" for r in rows]
-    lines += ["", "Each rung adds its technique to all the ones above it. Greedy pass@1 on 64 problems per split."]
+    lines += ["", "Each rung adds its technique to all the ones above it. "
+              f"Greedy pass@1 on {count} problems per split."]
     return "\n".join(lines) + "\n"
 
 
