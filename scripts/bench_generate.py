@@ -54,8 +54,7 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     """Prints one line per shape and batch; returns {(shape, batch): {"project", "transformers", "ratio"}}."""
     args = parse_args(argv)
-    print(f"{describe_hardware()}; jax {jax.__version__}, torch {torch_reference.torch.__version__}, "
-          f"transformers {torch_reference.transformers.__version__}", flush=True)
+    print(f"{describe_hardware()}; {torch_reference.versions()}", flush=True)
     print(f"load before: {load_average()}", flush=True)
     results = {}
     for name in args.shape or SHAPES:

@@ -95,8 +95,7 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     """Prints one line per shape and returns {shape: {"project", "pytorch": tokens/s, "ratio", "mfu"}}."""
     args = parse_args(argv)
-    print(f"{describe_hardware()}; jax {jax.__version__}, torch {torch_reference.torch.__version__}, "
-          f"transformers {torch_reference.transformers.__version__}", flush=True)
+    print(f"{describe_hardware()}; {torch_reference.versions()}", flush=True)
     print(f"load before: {load_average()}", flush=True)
     peak = matmul_peak_flops(args.peak_size)
     results = {}

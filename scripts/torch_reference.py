@@ -10,8 +10,14 @@
 torch and transformers come from the `bench` extra (setup.py); they are imported here only.
 """
 
+import jax
 import torch
 import transformers
+
+
+def versions() -> str:
+    """"jax X, torch Y, transformers Z": the libraries both sides of a benchmark ran on."""
+    return f"jax {jax.__version__}, torch {torch.__version__}, transformers {transformers.__version__}"
 
 
 def hf_config(model_config) -> transformers.LlamaConfig:
