@@ -64,7 +64,8 @@ def open_storage(url: str, heartbeat_s: int | None = None):
                      heartbeat_stale_trial_callback=RETRY) if heartbeat_s else {}
     for attempt in range(STORAGE_ATTEMPTS):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+            with claim_lock(url):  # SQLite cannot make two workers' CREATE TABLE race safe
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
         except sqlalchemy.exc.IntegrityError:  # workers starting together on an empty database race to
             if attempt == STORAGE_ATTEMPTS - 1:  # create Optuna's tables; the losers find them made
                 raise
@@ -73,8 +74,8 @@ def open_storage(url: str, heartbeat_s: int | None = None):
 
 @contextlib.contextmanager
 def claim_lock(url: str):
-    """Held while a worker claims a trial: a file lock beside an SQLite database, else nothing
-    (the other storages make a claim atomic themselves)."""
+    """Held while a worker creates Optuna's tables or claims a trial: a file lock beside an SQLite
+    database, else nothing (the other storages make both atomic themselves)."""
     if not url.startswith(SQLITE_PREFIX):
         yield
         return

@@ -324,6 +324,24 @@ def test_two_workers_on_one_file_split_the_trials(tmp_path, journal):
     assert_split_once(tmp_path, pids, load(tmp_path, storage))
 
 
+OPEN_AT = """
+import sys, time
+from research import sweep_study
+while time.time() < float(sys.argv[2]):
+    pass
+sweep_study.open_storage(sys.argv[1])
+"""
+
+
+def test_workers_opening_one_empty_sqlite_file_at_the_same_instant_all_get_the_storage(tmp_path):
+    url = sweep_study.storage_url(None, tmp_path)
+    start_at = str(time.time() + 8)  # after every process has imported Optuna
+    openers = [subprocess.Popen([sys.executable, "-c", OPEN_AT, url, start_at], stderr=subprocess.PIPE, text=True)
+               for _ in range(4)]
+    errors = [opener.communicate(timeout=120)[1] for opener in openers]
+    assert [opener.returncode for opener in openers] == [0] * 4, errors  # not "table studies already exists"
+
+
 def test_two_workers_on_one_postgresql_server_split_the_trials(tmp_path):
     import pgserver
 
