@@ -33,7 +33,6 @@ twenty CPU-seconds of compiling). Nothing here is random: the seed changes nothi
 about a hundred TPU compiles of the full-size steps on a 2-core CPU, some two hours.
 """
 
-import contextlib
 import dataclasses
 import hashlib
 import importlib.metadata
@@ -319,17 +318,6 @@ def maxtext_result(cache_dir: Path) -> aot.AotResult:
     return compile_cached(cache_dir, MAXTEXT_70B["spec"], tpu_slice, mesh, MAXTEXT_70B["micro_batch_per_device"])
 
 
-@contextlib.contextmanager
-def without_compilation_cache():
-    """jax's persistent compilation cache off while the block runs (TPU executables cannot be read back on CPU)."""
-    enabled = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_compilation_cache", enabled)
-
-
 def slug(label: str) -> str:
     """`LLaMA-2 7B` → `llama_2_7b`: a model's label as part of a headline name."""
     return "_".join("".join(c if c.isalnum() else " " for c in label.lower()).split())
@@ -341,16 +329,15 @@ def run(out_dir: Path, *, quick: bool, seed: int) -> Outcome:
     scale = QUICK if quick else FULL
     cache = scale.cache or out_dir / "cache"
     rows, tries, fits = [], {}, {}
-    with without_compilation_cache():
-        for label, spec in scale.models:
-            if not Path(spec.partition(":")[0]).exists():
-                continue
-            for generation in scale.generations:
-                result, tries[label, generation] = smallest_fit(cache, spec, generation,
-                                                                lambda line: print(line, flush=True), scale)
-                rows.append(row(label, generation, result, scale))
-                fits[label, generation] = result
-        maxtext = maxtext_result(cache) if scale.with_maxtext else None
+    for label, spec in scale.models:
+        if not Path(spec.partition(":")[0]).exists():
+            continue
+        for generation in scale.generations:
+            result, tries[label, generation] = smallest_fit(cache, spec, generation,
+                                                            lambda line: print(line, flush=True), scale)
+            rows.append(row(label, generation, result, scale))
+            fits[label, generation] = result
+    maxtext = maxtext_result(cache) if scale.with_maxtext else None
     chips = {f"chips_{slug(label)}_{generation}": math.prod(result.mesh.values()) if result else math.nan
              for (label, generation), result in fits.items()}
     llama_v5p = [result for (label, generation), result in fits.items() if label.startswith("LLaMA")

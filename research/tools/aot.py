@@ -43,6 +43,7 @@ with model FLOPs = the Task's `flops_per_token` × `tokens_per_step` (for LM tra
 (DCN between slices) are not compiled here.
 """
 
+import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -54,6 +55,7 @@ import time
 import jax
 import ml_collections
 from jax.experimental import topologies
+from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import Mesh
 
 from pallas_kernels.compile_target import lowering_for
@@ -163,6 +165,21 @@ def slice_devices(tpu_slice: TpuSlice) -> list:
         platform="tpu", topology_name=tpu_slice.topology_name,
         chip_config_name=tpu_slice.generation.chip_config_name,
         chips_per_host_bounds=tpu_slice.chips_per_host_bounds, num_slices=1).devices)
+
+
+@contextlib.contextmanager
+def persistent_cache_off():
+    """JAX's persistent compilation cache off while the block runs: an executable compiled for TPU chips
+    that are not attached is written to it but can never be read back (each read fails with a warning).
+    JAX decides once per process whether the cache is used, so the decision is reset on entry and exit."""
+    enabled = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", enabled)
+        compilation_cache.reset_cache()
 
 
 def mesh_sizes(config, tpu_slice: TpuSlice) -> dict:
@@ -278,7 +295,8 @@ def compile_program(lowered) -> tuple[ChipMemory, StepCost, float]:
     """(per-chip memory, XLA's cost count, compile seconds); OutOfMemory if it cannot fit."""
     start = time.perf_counter()
     try:
-        compiled = lowered.compile()
+        with persistent_cache_off():
+            compiled = lowered.compile()
     except jax.errors.JaxRuntimeError as error:
         if "RESOURCE_EXHAUSTED" not in str(error):
             raise
@@ -323,7 +341,8 @@ def step_cost(config, devices, counted: StepCost) -> StepCost:
     check_layered(config)
 
     def cost(lowered):
-        return cost_of(lowered.compile())
+        with persistent_cache_off():
+            return cost_of(lowered.compile())
 
     sizes = dict(zip(mesh_axes(config.mesh), mesh_shape(config.mesh, len(devices))))
     num_layers, micro_steps = config.model.num_layers, accumulation_steps(config.train, sizes)

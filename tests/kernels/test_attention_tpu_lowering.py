@@ -33,6 +33,7 @@ SEQ, HEAD_DIM = 4096, 128
 SHORT_SEQ, HEAD_DIMS = 256, (64, 96, 128, 256)
 ONE_CHIP = {"v5e": "v5e:1x1", "v5p": "v5p:1x1x1"}
 MOSAIC_KERNEL = 'custom_call_target="tpu_custom_call"'
+pytestmark = pytest.mark.usefixtures("without_persistent_cache")
 
 
 def tpu_chip(chip):

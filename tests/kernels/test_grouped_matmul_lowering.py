@@ -22,6 +22,7 @@ from pallas_kernels.grouped_matmul import grouped_matmul
 ROWS, K, N, EXPERTS = 1024, 768, 384, 8
 ONE_CHIP = {"v5e": "v5e:1x1", "v5p": "v5p:1x1x1"}
 MOSAIC_KERNEL = 'custom_call_target="tpu_custom_call"'
+pytestmark = pytest.mark.usefixtures("without_persistent_cache")
 
 
 def tpu_chip(chip):

@@ -18,6 +18,7 @@ from jax.sharding import PartitionSpec as P
 from pallas_kernels import ring_collectives as ring
 
 MOSAIC_KERNEL = 'custom_call_target="tpu_custom_call"'
+pytestmark = pytest.mark.usefixtures("without_persistent_cache")
 
 
 def v5p_eight_chips() -> Mesh:

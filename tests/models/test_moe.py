@@ -423,6 +423,7 @@ def test_the_ragged_exchange_gives_the_unsharded_layers_outputs_and_gradients(mo
     assert_trees_close(got, output_and_gradients(MoeFeedForward(config), params, x, d_out), 1e-5)
 
 
+@pytest.mark.usefixtures("without_persistent_cache")
 def test_the_expert_parallel_dropless_layer_compiles_for_tpu_with_ragged_all_to_all_and_mosaic_kernels():
     """Lowered for 4 v5p chips (expert 4) as research/tools/aot.py lowers a train step: the rows travel by
     ragged all-to-all, there and back (ids too), and the experts' three matmuls are Mosaic kernels."""

@@ -1,13 +1,9 @@
 """The ahead-of-time TPU compiles of these tests run without JAX's persistent cache."""
 
-import jax
 import pytest
 
 
-@pytest.fixture(autouse=True, scope="module")
-def without_persistent_cache():
-    """JAX's persistent cache cannot read back executables compiled without a TPU attached."""
-    previous = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
+@pytest.fixture(autouse=True)
+def every_tools_test_compiles_for_tpu(without_persistent_cache):
+    """tests/conftest.py's `without_persistent_cache` for every test here."""
     yield
-    jax.config.update("jax_enable_compilation_cache", previous)
