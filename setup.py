@@ -27,10 +27,10 @@ setuptools.setup(
         "cmaes>=0.11",
         "scikit-learn>=1.4",  # the bundled digits images (research/data/scenes.py)
         "scipy>=1.11",  # connected components of generated scenes (research/eval/scene_judge.py)
+        "jsonschema>=4.20",  # the gallery's independent check of schema-constrained output (experiments/)
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "pycocotools>=2.0.8", "pgserver>=0.1.4", "psycopg2-binary>=2.9",
-                 "jsonschema>=4.20",
                  # Hugging Face Chameleon built live for the conversion tests; torch pinned to its CPU build
                  "torch==2.13.0", "transformers>=4.45"],
         # the reference libraries the benchmarks measure beside ours: structured generation (outlines-core,

@@ -12,6 +12,10 @@ order), so the sampled-token totals differ only by the responses' lengths:
            each of 32 problems a step (the same 32 responses), the verifier reward at the last token, β 0.02
            k1 KL in the reward, a critic started from the SFT decoder, GAE (γ 1, λ 0.95), clip 0.2
 
+The SFT start is rl_runs.SMALL_PIECES (3 layers of width 96 on SentencePiece pieces). A second, stronger start
+(rl_runs.WIDE_BYTES: 4 layers of width 128 on bytes, every digit a token) is fine-tuned the same way and GRPO
+runs from it too, with the lengths scaled to bytes.
+
 Plots: rollout accuracy and held-out greedy pass@1 per step; response length per step.
 """
 
@@ -36,6 +40,8 @@ class Arm:
 
 ARMS = (Arm("grpo", "GRPO", "grpo"), Arm("kimi", "k1.5", "kimi"), Arm("ppo", "PPO", "ppo_rlvr"))
 LABELS = {arm.name: arm.label for arm in ARMS}
+# (headline prefix, start, its arms, what its rows add to the method's name)
+STARTS = (("", rl_runs.SMALL_PIECES, ARMS, ""), ("wide_bytes_", rl_runs.WIDE_BYTES, ARMS[:1], ", 4x128 on bytes"))
 TIE = 1 / rl_runs.FULL["eval_count"]  # one held-out problem: differences below it are within the resolution
 
 EXPERIMENT = Experiment(
@@ -50,30 +56,35 @@ EXPERIMENT = Experiment(
                                   "same budget"),
     ),
     full_scale="configs/reasoning_pipeline.py:stage=grpo / stage=kimi, model=moe on a v5p-64 slice",
-    cpu_minutes=35.5,  # SFT start 16.7 + GRPO 9.3 + k1.5 9.2 (side by side) + report 0.3, wall minutes at load 4-9
+    # wall minutes, each at load 2-9: SFT start 16.7, GRPO 9.3, k1.5 9.2, PPO 10.5; 4x128 on bytes: SFT 29.7, GRPO 6.2
+    cpu_minutes=81.6,
     paper_numbers={},
 )
 
 
 def run(out_dir: Path, *, quick: bool, seed: int) -> Outcome:
-    _, sft = rl_runs.sft_start(out_dir, quick=quick, seed=seed)
-    runs = {arm.name: rl_runs.rl_run(out_dir, arm.name, arm.stage, quick=quick, seed=seed, overrides=arm.overrides)
-            for arm in ARMS}
-    headline = {"sft_held_out": sft["held_out_pass@1"], "sft_in_domain": sft["in_domain_pass@1"]}
-    rows = [{"method": "SFT start", "in_domain_pass@1": sft["in_domain_pass@1"],
-             "held_out_pass@1": sft["held_out_pass@1"], "held_out_mean_length": sft["held_out_mean_length"],
-             "sampled_responses": 0, "sampled_tokens": 0}]
-    traces = {}
-    for name, (workdir, results) in runs.items():
-        traces[name] = rl_runs.curves(workdir)
-        tokens = sum(traces[name]["length"]) * scale_of(workdir)
-        headline.update({f"{name}_held_out": results["held_out_pass@1"], f"{name}_in_domain": results["in_domain_pass@1"],
-                         f"{name}_length": results["held_out_mean_length"]})
-        rows.append({"method": LABELS[name], "in_domain_pass@1": results["in_domain_pass@1"],
-                     "held_out_pass@1": results["held_out_pass@1"], "held_out_mean_length": results["held_out_mean_length"],
-                     "sampled_responses": len(traces[name]["length"]) * scale_of(workdir), "sampled_tokens": int(tokens)})
+    headline, rows, traces = {}, [], {}
+    for prefix, start, arms, tokens in STARTS:
+        _, sft = rl_runs.sft_start(out_dir, quick=quick, seed=seed, start=start)
+        headline.update({f"{prefix}sft_held_out": sft["held_out_pass@1"], f"{prefix}sft_in_domain": sft["in_domain_pass@1"]})
+        rows.append({"method": f"SFT start{tokens}", "in_domain_pass@1": sft["in_domain_pass@1"],
+                     "held_out_pass@1": sft["held_out_pass@1"], "held_out_mean_length": sft["held_out_mean_length"],
+                     "sampled_responses": 0, "sampled_tokens": 0})
+        for arm in arms:
+            workdir, results = rl_runs.rl_run(out_dir, arm.name, arm.stage, quick=quick, seed=seed,
+                                              overrides=arm.overrides, start=start)
+            label, trace = f"{arm.label}{tokens}", rl_runs.curves(workdir)
+            traces[label] = (trace, sft["held_out_pass@1"])
+            headline.update({f"{prefix}{arm.name}_held_out": results["held_out_pass@1"],
+                             f"{prefix}{arm.name}_in_domain": results["in_domain_pass@1"],
+                             f"{prefix}{arm.name}_length": results["held_out_mean_length"]})
+            rows.append({"method": label, "in_domain_pass@1": results["in_domain_pass@1"],
+                         "held_out_pass@1": results["held_out_pass@1"],
+                         "held_out_mean_length": results["held_out_mean_length"],
+                         "sampled_responses": len(trace["length"]) * scale_of(workdir),
+                         "sampled_tokens": int(sum(trace["length"]) * scale_of(workdir))})
     plot = out_dir / "rl_comparison.png"
-    draw(traces, sft, plot)
+    draw(traces, plot)
     return Outcome(headline, rows, markdown(rows, rl_runs.scale(quick)["eval_count"]), (plot,))
 
 
@@ -83,17 +94,19 @@ def scale_of(workdir: Path) -> int:
     return config.ppo.prompts_per_step if config.trainer == "ppo" else config.rl.prompts_per_step * config.rl.group_size
 
 
-def draw(traces: dict, sft: dict, path: Path) -> None:
+def draw(traces: dict, path: Path) -> None:
+    """Per run (`traces`: its label -> (rl_runs.curves, its SFT start's held-out pass@1)): rollout accuracy,
+    held-out pass@1 from the start (step 0) to the evaluations, response lengths."""
     figure = Figure(figsize=(10, 4))
     accuracy, length = figure.subplots(1, 2)
-    for index, (name, trace) in enumerate(traces.items()):
+    for index, (label, (trace, start_held_out)) in enumerate(traces.items()):
         color = f"C{index}"
-        accuracy.plot(trace["step"], trace["accuracy"], color=color, alpha=0.5, label=f"{LABELS[name]} rollouts")
-        accuracy.plot([0] + trace["eval_step"], [sft["held_out_pass@1"]] + trace["held_out"], "o-", color=color,
-                      label=f"{LABELS[name]} held-out pass@1")
-        length.plot(trace["step"], trace["length"], color=color, label=LABELS[name])
+        accuracy.plot(trace["step"], trace["accuracy"], color=color, alpha=0.5, label=f"{label} rollouts")
+        accuracy.plot([0] + trace["eval_step"], [start_held_out] + trace["held_out"], "o-", color=color,
+                      label=f"{label} held-out pass@1")
+        length.plot(trace["step"], trace["length"], color=color, label=label)
     accuracy.set(xlabel="RL step", ylabel="accuracy", title="accuracy (rollouts: in-domain, sampled)")
-    length.set(xlabel="RL step", ylabel="response tokens", title="mean rollout response length")
+    length.set(xlabel="RL step", ylabel="response tokens (or bytes)", title="mean rollout response length")
     accuracy.legend(fontsize=7)
     length.legend(fontsize=7)
     figure.tight_layout()
@@ -107,20 +120,25 @@ def markdown(rows: list, count: int) -> str:
               f"{r['held_out_mean_length']:.1f} | {r['sampled_responses']} | {r['sampled_tokens']} |" for r in rows]
     lines += ["", f"Greedy decoding on {count} in-domain (1-3 steps) and {count} held-out (4-5 steps) arithmetic "
               "problems. PPO samples one response to each of 32 problems a step (GRPO and k1.5: 8 to each of 4), "
-              "rewarded by the same verifier, with a critic started from the SFT decoder."]
+              "rewarded by the same verifier, with a critic started from the SFT decoder. Rows \"4x128 on bytes\" "
+              "start from a 4-layer, width-128 decoder fine-tuned on bytes (every digit a token); their lengths "
+              "are in bytes."]
     return "\n".join(lines) + "\n"
 
 
 def judge(headline: dict[str, Estimate]) -> dict[str, Verdict]:
-    sft = headline["sft_held_out"].mean
-    gains = {name: headline[f"{name}_held_out"].mean - sft for name in LABELS}
+    gains, numbers = {}, []
+    for prefix, _, arms, tokens in STARTS:
+        sft = headline[f"{prefix}sft_held_out"].mean
+        runs = ", ".join(f"{arm.label} {headline[f'{prefix}{arm.name}_held_out'].mean:.3f}" for arm in arms)
+        numbers.append(f"from {sft:.3f} (SFT{tokens}) to {runs}")
+        gains.update({f"{arm.label}{tokens}": headline[f"{prefix}{arm.name}_held_out"].mean - sft for arm in arms})
     best = max(gains, key=gains.get)
-    numbers = ", ".join(f"{label} {headline[f'{name}_held_out'].mean:.3f}" for name, label in LABELS.items())
     if gains[best] > TIE:
         raised = Verdict(HOLDS if min(gains.values()) > TIE else HOLDS_IN_PART,
-                         f"held-out pass@1 from {sft:.3f} (SFT) to {numbers}")
+                         f"held-out pass@1 {'; '.join(numbers)} (best: {best}, {gains[best]:+.3f})")
     else:
-        raised = Verdict(DOES_NOT_HOLD, f"held-out pass@1 {sft:.3f} (SFT) vs {numbers}: no gain beyond one problem")
+        raised = Verdict(DOES_NOT_HOLD, f"held-out pass@1 {'; '.join(numbers)}: no gain beyond one problem")
     in_domain = {name: headline[f"{name}_in_domain"].mean - headline["sft_in_domain"].mean for name in LABELS}
     detail = f"in-domain gain over SFT: GRPO {in_domain['grpo']:+.3f}, k1.5 {in_domain['kimi']:+.3f}"
     if in_domain["kimi"] < -TIE:

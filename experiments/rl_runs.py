@@ -1,9 +1,10 @@
 """The runs the RL-with-verifiable-rewards experiments share: one SFT start, RL runs from it, and
 sampled evaluation of any run's policy.
 
-The chain is configs/reasoning_pipeline.py's (model "llama") at a CPU-sized shape: a 3-layer decoder
-of width 96 fine-tuned from scratch on worked arithmetic solutions (the CPython-docs pretraining stage
-teaches no arithmetic, so it is left out; 1200 steps of 8 packed rows from 20,000 distinct problems),
+The chain is configs/reasoning_pipeline.py's (model "llama") at a CPU-sized shape: a decoder fine-tuned
+from scratch on worked arithmetic solutions (the CPython-docs pretraining stage teaches no arithmetic, so
+it is left out; 1200 steps of 8 packed rows from 20,000 distinct problems), by default SMALL_PIECES (3
+layers of width 96 on SentencePiece pieces) and WIDE_BYTES (4 layers of width 128 on bytes) where asked,
 then RL on arithmetic problems of the training difficulties (1 to 3 steps; 60 steps), judged greedily on
 128 problems of the training levels ("in_domain") and 128 of the held-out levels (4 and 5 steps,
 "held_out"). `quick` swaps in runs.QUICK_MODEL (byte tokenizer, width 32) and a few steps each: the
@@ -19,6 +20,7 @@ prints pass@1, pass@K, maj@K and the mean response length of the run's policy on
 """
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -42,10 +44,33 @@ from research.train.trainers.ppo import value_config
 PIPELINE = "configs/reasoning_pipeline.py:stage={stage},model=llama"
 SUITE = "arithmetic"
 EVAL_SEED = 1  # the evaluation problems' seed, apart from training's (0)
-SMALL_MODEL = ["model.dim=96", "model.num_layers=3", "model.num_heads=4", "model.num_kv_heads=2",
-               "model.hidden_dim=256"]
 FULL = {"eval_count": 128, "new_tokens": 160, "sft_steps": 1200, "rl_steps": 60, "eval_every": 0}
 SCALAR_HEADED = ("value", "reward")  # a PPO run's critic and reward model: decoders under a scalar head
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """A decoder and tokenizer for the SFT start and the lengths in its tokens (full scale; `quick` runs use
+    QUICK_MODEL and QUICK's lengths): `suffix` names its runs (sft{suffix}, grpo{suffix}), `fields` set the
+    decoder and tokenizer in every stage, SFT packs `sft_seq_len` tokens a row, RL asks prompts of at most
+    `rl_prompt_len` tokens for `rl_new_tokens`, and the evaluations decode up to `eval_new_tokens`."""
+    suffix: str
+    fields: tuple[str, ...]
+    sft_seq_len: int
+    rl_prompt_len: int
+    rl_new_tokens: int
+    eval_new_tokens: int
+
+
+# 3 layers of width 96 on the configs' 4096-piece SentencePiece vocabulary (numbers mostly split digit by digit)
+SMALL_PIECES = Start("", ("model.dim=96", "model.num_layers=3", "model.num_heads=4", "model.num_kv_heads=2",
+                          "model.hidden_dim=256"), sft_seq_len=256, rl_prompt_len=128,
+                     rl_new_tokens=FULL["new_tokens"], eval_new_tokens=FULL["new_tokens"])
+# a wider, deeper decoder on bytes: every digit a token, 2.6x the tokens of an arithmetic solution (256 cover
+# 98% of the held-out solutions, 288 every training prompt)
+WIDE_BYTES = Start("_wide_bytes", ("model.dim=128", "model.num_layers=4", "model.num_heads=4", "model.num_kv_heads=2",
+                                   "model.hidden_dim=384", "data.tokenizer=byte", "model.vocab_size=265"),
+                   sft_seq_len=512, rl_prompt_len=288, rl_new_tokens=192, eval_new_tokens=256)
 QUICK = {"eval_count": 2, "new_tokens": 8, "sft_steps": 4, "rl_steps": 2, "eval_every": 0}
 
 
@@ -53,46 +78,49 @@ def scale(quick: bool) -> dict:
     return QUICK if quick else FULL
 
 
-def evals(quick: bool, every: int) -> list[str]:
+def evals(quick: bool, every: int, start: Start = SMALL_PIECES) -> list[str]:
     """Greedy pass@1 and mean length on the in-domain and held-out arithmetic problems, every `every` steps
     (0: at the end only)."""
     s = scale(quick)
+    new_tokens = s["new_tokens"] if quick else start.eval_new_tokens
     return [f"evals.{name}.{field}={value}" for name in ("in_domain", "held_out") for field, value in (
-        ("count", s["eval_count"]), ("max_new_tokens", s["new_tokens"]), ("every", every), ("seed", EVAL_SEED))]
+        ("count", s["eval_count"]), ("max_new_tokens", new_tokens), ("every", every), ("seed", EVAL_SEED))]
 
 
-def sft_config(*, quick: bool, seed: int) -> ml_collections.FrozenConfigDict:
-    """The shared SFT start: worked arithmetic solutions, from a random initialisation."""
+def sft_config(*, quick: bool, seed: int, start: Start = SMALL_PIECES) -> ml_collections.FrozenConfigDict:
+    """The shared SFT start: worked arithmetic solutions in `start`'s tokens, from a random initialisation."""
     s = scale(quick)
     fields = [f"seed={seed}", "init_from.kind=none", "init_from.path=", f"data.sft.suites=('{SUITE}',)",
               f"train.steps={s['sft_steps']}", "train.eval_every=0", "train.checkpoint_every=0", "train.log_every=25"]
     fields += (QUICK_MODEL + ["data.sft.count=40"] if quick else
-               SMALL_MODEL + ["train.batch_size=8", "train.seq_len=256", "data.sft.count=20000",
-                              "optimizer.learning_rate=3e-3"])
-    config = config_lib.load(PIPELINE.format(stage="sft"), fields + evals(quick, every=0))
+               [*start.fields, "train.batch_size=8", f"train.seq_len={start.sft_seq_len}",
+                              "data.sft.count=20000", "optimizer.learning_rate=3e-3"])
+    config = config_lib.load(PIPELINE.format(stage="sft"), fields + evals(quick, every=0, start=start))
     config = config_lib.unfrozen(config)
     del config.evals["eval"]  # the validation loss: not an accuracy
     return ml_collections.FrozenConfigDict(config)
 
 
-def rl_config(stage: str, sft_dir: Path, *, quick: bool, seed: int, overrides=()) -> ml_collections.FrozenConfigDict:
+def rl_config(stage: str, sft_dir: Path, *, quick: bool, seed: int, overrides=(),
+              start: Start = SMALL_PIECES) -> ml_collections.FrozenConfigDict:
     """RL stage `stage` (grpo, dapo, drgrpo, kimi, or ppo_rlvr: PPO on the same rewards) of the pipeline from the
-    SFT run in `sft_dir`: 4 problems x 8 responses a step (PPO: one response to each of 32 problems), learning
-    rate 3e-4, `overrides` ("rl.field=value", or "ppo.field=value" for PPO) last."""
+    SFT run in `sft_dir` (of `start`'s tokens): 4 problems x 8 responses a step (PPO: one response to each of 32
+    problems), learning rate 3e-4, `overrides` ("rl.field=value", or "ppo.field=value" for PPO) last."""
     s = scale(quick)
     block = "ppo" if stage == "ppo_rlvr" else "rl"
     prompts, group = (2, 4) if quick else (4, 8)
     sampling = [f"ppo.prompts_per_step={prompts * group}"] if block == "ppo" else [
         f"rl.prompts_per_step={prompts}", f"rl.group_size={group}"]
     fields = [f"seed={seed}", f"init_from.path={sft_dir}", f"{block}.suites=('{SUITE}',)",
-              f"train.steps={s['rl_steps']}", "train.log_every=1", "train.checkpoint_every=0",
-              f"{block}.max_new_tokens={s['new_tokens']}"]
-    fields += (QUICK_MODEL + [f"{block}.max_prompt_len=288", *sampling, f"{block}.soft_overlong.max_length=8",
-                              f"{block}.soft_overlong.cache_length=4"] if quick else
-               SMALL_MODEL + [f"{block}.max_prompt_len=128", *sampling, "optimizer.learning_rate=3e-4",
-                              f"{block}.soft_overlong.max_length={s['new_tokens']}",
+              f"train.steps={s['rl_steps']}", "train.log_every=1", "train.checkpoint_every=0"]
+    fields += (QUICK_MODEL + [f"{block}.max_prompt_len=288", f"{block}.max_new_tokens={s['new_tokens']}", *sampling,
+                              f"{block}.soft_overlong.max_length=8", f"{block}.soft_overlong.cache_length=4"] if quick else
+               [*start.fields, f"{block}.max_prompt_len={start.rl_prompt_len}",
+                              f"{block}.max_new_tokens={start.rl_new_tokens}", *sampling, "optimizer.learning_rate=3e-4",
+                              f"{block}.soft_overlong.max_length={start.rl_new_tokens}",
                               f"{block}.soft_overlong.cache_length=32"])
-    return config_lib.load(PIPELINE.format(stage=stage), fields + evals(quick, s["eval_every"]) + list(overrides))
+    return config_lib.load(PIPELINE.format(stage=stage),
+                           fields + evals(quick, s["eval_every"], start) + list(overrides))
 
 
 def shared_dir(out_dir: Path) -> Path:
@@ -101,17 +129,24 @@ def shared_dir(out_dir: Path) -> Path:
     return out_dir.parent.parent / "rl_runs" / out_dir.name
 
 
-def sft_start(out_dir: Path, *, quick: bool, seed: int) -> tuple[Path, dict]:
-    """(workdir, results) of the shared SFT start, trained once per seed."""
-    workdir = shared_dir(out_dir) / ("sft_quick" if quick else "sft")
-    return workdir, train_or_reuse(sft_config(quick=quick, seed=seed), workdir)
+def run_dir(out_dir: Path, name: str, *, quick: bool, start: Start) -> Path:
+    """work/rl_runs/seed_K/NAME{start.suffix}[_quick]."""
+    return shared_dir(out_dir) / f"{name}{start.suffix}{'_quick' if quick else ''}"
 
 
-def rl_run(out_dir: Path, name: str, stage: str, *, quick: bool, seed: int, overrides=()) -> tuple[Path, dict]:
-    """(workdir, results) of the RL run `name` from the shared SFT start, trained once per seed."""
-    sft_dir, _ = sft_start(out_dir, quick=quick, seed=seed)
-    workdir = shared_dir(out_dir) / (f"{name}_quick" if quick else name)
-    config = rl_config(stage, sft_dir, quick=quick, seed=seed, overrides=overrides)
+def sft_start(out_dir: Path, *, quick: bool, seed: int, start: Start = SMALL_PIECES) -> tuple[Path, dict]:
+    """(workdir, results) of the shared SFT start in `start`'s tokens, trained once per seed."""
+    workdir = run_dir(out_dir, "sft", quick=quick, start=start)
+    return workdir, train_or_reuse(sft_config(quick=quick, seed=seed, start=start), workdir)
+
+
+def rl_run(out_dir: Path, name: str, stage: str, *, quick: bool, seed: int, overrides=(),
+           start: Start = SMALL_PIECES) -> tuple[Path, dict]:
+    """(workdir, results) of the RL run `name` from the shared SFT start in `start`'s tokens, trained once per
+    seed."""
+    sft_dir, _ = sft_start(out_dir, quick=quick, seed=seed, start=start)
+    workdir = run_dir(out_dir, name, quick=quick, start=start)
+    config = rl_config(stage, sft_dir, quick=quick, seed=seed, overrides=overrides, start=start)
     return workdir, train_or_reuse(config, workdir)
 
 
