@@ -12,9 +12,10 @@ order), so the sampled-token totals differ only by the responses' lengths:
            each of 32 problems a step (the same 32 responses), the verifier reward at the last token, β 0.02
            k1 KL in the reward, a critic started from the SFT decoder, GAE (γ 1, λ 0.95), clip 0.2
 
-The SFT start is rl_runs.SMALL_PIECES (3 layers of width 96 on SentencePiece pieces). A second, stronger start
-(rl_runs.WIDE_BYTES: 4 layers of width 128 on bytes, every digit a token) is fine-tuned the same way and GRPO
-runs from it too, with the lengths scaled to bytes.
+The SFT start is rl_runs.SMALL_PIECES (3 layers of width 96 on SentencePiece pieces). GRPO also runs from two
+more starts, fine-tuned the same way: rl_runs.WIDE_BYTES (4 layers of width 128 on bytes, every digit a token;
+the lengths scaled to bytes) and rl_runs.CODING (SMALL_PIECES's decoder on the coding suite, 1-2 operations in
+training and 3-4 held out, judged by unit tests in the sandbox), where the start is far off the floor.
 
 Plots: rollout accuracy and held-out greedy pass@1 per step; response length per step.
 """
@@ -41,7 +42,8 @@ class Arm:
 ARMS = (Arm("grpo", "GRPO", "grpo"), Arm("kimi", "k1.5", "kimi"), Arm("ppo", "PPO", "ppo_rlvr"))
 LABELS = {arm.name: arm.label for arm in ARMS}
 # (headline prefix, start, its arms, what its rows add to the method's name)
-STARTS = (("", rl_runs.SMALL_PIECES, ARMS, ""), ("wide_bytes_", rl_runs.WIDE_BYTES, ARMS[:1], ", 4x128 on bytes"))
+STARTS = (("", rl_runs.SMALL_PIECES, ARMS, ""), ("wide_bytes_", rl_runs.WIDE_BYTES, ARMS[:1], ", 4x128 on bytes"),
+          ("coding_", rl_runs.CODING, ARMS[:1], ", coding"))
 TIE = 1 / rl_runs.FULL["eval_count"]  # one held-out problem: differences below it are within the resolution
 
 EXPERIMENT = Experiment(
@@ -56,24 +58,26 @@ EXPERIMENT = Experiment(
                                   "same budget"),
     ),
     full_scale="configs/reasoning_pipeline.py:stage=grpo / stage=kimi, model=moe on a v5p-64 slice",
-    # wall minutes, each at load 2-9: SFT start 16.7, GRPO 9.3, k1.5 9.2, PPO 10.5; 4x128 on bytes: SFT 29.7, GRPO 6.2
-    cpu_minutes=81.6,
+    # wall minutes, each at load 2-9: SFT start 16.7, GRPO 9.3, k1.5 9.2, PPO 10.5; 4x128 on bytes: SFT 29.7,
+    # GRPO 6.2; coding: SFT 15.6, GRPO 10.5
+    cpu_minutes=107.7,
     paper_numbers={},
 )
 
 
 def run(out_dir: Path, *, quick: bool, seed: int) -> Outcome:
     headline, rows, traces = {}, [], {}
-    for prefix, start, arms, tokens in STARTS:
+    for prefix, start, arms, tag in STARTS:
         _, sft = rl_runs.sft_start(out_dir, quick=quick, seed=seed, start=start)
-        headline.update({f"{prefix}sft_held_out": sft["held_out_pass@1"], f"{prefix}sft_in_domain": sft["in_domain_pass@1"]})
-        rows.append({"method": f"SFT start{tokens}", "in_domain_pass@1": sft["in_domain_pass@1"],
+        headline.update({f"{prefix}sft_held_out": sft["held_out_pass@1"],
+                         f"{prefix}sft_in_domain": sft["in_domain_pass@1"]})
+        rows.append({"method": f"SFT start{tag}", "in_domain_pass@1": sft["in_domain_pass@1"],
                      "held_out_pass@1": sft["held_out_pass@1"], "held_out_mean_length": sft["held_out_mean_length"],
                      "sampled_responses": 0, "sampled_tokens": 0})
         for arm in arms:
             workdir, results = rl_runs.rl_run(out_dir, arm.name, arm.stage, quick=quick, seed=seed,
                                               overrides=arm.overrides, start=start)
-            label, trace = f"{arm.label}{tokens}", rl_runs.curves(workdir)
+            label, trace = f"{arm.label}{tag}", rl_runs.curves(workdir)
             traces[label] = (trace, sft["held_out_pass@1"])
             headline.update({f"{prefix}{arm.name}_held_out": results["held_out_pass@1"],
                              f"{prefix}{arm.name}_in_domain": results["in_domain_pass@1"],
@@ -122,17 +126,18 @@ def markdown(rows: list, count: int) -> str:
               "problems. PPO samples one response to each of 32 problems a step (GRPO and k1.5: 8 to each of 4), "
               "rewarded by the same verifier, with a critic started from the SFT decoder. Rows \"4x128 on bytes\" "
               "start from a 4-layer, width-128 decoder fine-tuned on bytes (every digit a token); their lengths "
-              "are in bytes."]
+              "are in bytes. Rows \"coding\" are on the coding suite (1-2 operations in training, 3-4 held out; "
+              f"{count} problems each), judged by unit tests in the sandbox."]
     return "\n".join(lines) + "\n"
 
 
 def judge(headline: dict[str, Estimate]) -> dict[str, Verdict]:
     gains, numbers = {}, []
-    for prefix, _, arms, tokens in STARTS:
+    for prefix, _, arms, tag in STARTS:
         sft = headline[f"{prefix}sft_held_out"].mean
         runs = ", ".join(f"{arm.label} {headline[f'{prefix}{arm.name}_held_out'].mean:.3f}" for arm in arms)
-        numbers.append(f"from {sft:.3f} (SFT{tokens}) to {runs}")
-        gains.update({f"{arm.label}{tokens}": headline[f"{prefix}{arm.name}_held_out"].mean - sft for arm in arms})
+        numbers.append(f"from {sft:.3f} (SFT{tag}) to {runs}")
+        gains.update({f"{arm.label}{tag}": headline[f"{prefix}{arm.name}_held_out"].mean - sft for arm in arms})
     best = max(gains, key=gains.get)
     if gains[best] > TIE:
         raised = Verdict(HOLDS if min(gains.values()) > TIE else HOLDS_IN_PART,

@@ -1,14 +1,14 @@
 """The runs the RL-with-verifiable-rewards experiments share: one SFT start, RL runs from it, and
 sampled evaluation of any run's policy.
 
-The chain is configs/reasoning_pipeline.py's (model "llama") at a CPU-sized shape: a decoder fine-tuned
-from scratch on worked arithmetic solutions (the CPython-docs pretraining stage teaches no arithmetic, so
-it is left out; 1200 steps of 8 packed rows from 20,000 distinct problems), by default SMALL_PIECES (3
-layers of width 96 on SentencePiece pieces) and WIDE_BYTES (4 layers of width 128 on bytes) where asked,
-then RL on arithmetic problems of the training difficulties (1 to 3 steps; 60 steps), judged greedily on
-128 problems of the training levels ("in_domain") and 128 of the held-out levels (4 and 5 steps,
-"held_out"). `quick` swaps in runs.QUICK_MODEL (byte tokenizer, width 32) and a few steps each: the
-experiments' tests.
+The chain is configs/reasoning_pipeline.py's (model "llama") at a CPU-sized shape (a `Start`): a decoder
+fine-tuned from scratch on worked solutions (the CPython-docs pretraining stage teaches no arithmetic, so it
+is left out; 1200 steps of 8 packed rows from 20,000 distinct problems), then RL on problems of the training
+difficulties (60 steps), judged greedily on 128 problems of the training levels ("in_domain") and 128 of the
+held-out levels ("held_out"). SMALL_PIECES, the default, is 3 layers of width 96 on SentencePiece pieces and
+arithmetic (1 to 3 steps in training, 4 and 5 held out); WIDE_BYTES is 4 layers of width 128 on bytes;
+CODING is SMALL_PIECES's decoder on the coding suite (1 or 2 operations in training, 3 or 4 held out).
+`quick` swaps in runs.QUICK_MODEL (byte tokenizer, width 32) and a few steps each: the experiments' tests.
 
 Runs live in `shared_dir(out_dir)`, the gallery's work directory for the seed (work/rl_runs/seed_K),
 so each experiment of the same seed trains the SFT start and an RL variant once and reuses it
@@ -42,7 +42,6 @@ from research.train.metrics import read_metrics
 from research.train.trainers.ppo import value_config
 
 PIPELINE = "configs/reasoning_pipeline.py:stage={stage},model=llama"
-SUITE = "arithmetic"
 EVAL_SEED = 1  # the evaluation problems' seed, apart from training's (0)
 FULL = {"eval_count": 128, "new_tokens": 160, "sft_steps": 1200, "rl_steps": 60, "eval_every": 0}
 SCALAR_HEADED = ("value", "reward")  # a PPO run's critic and reward model: decoders under a scalar head
@@ -50,16 +49,18 @@ SCALAR_HEADED = ("value", "reward")  # a PPO run's critic and reward model: deco
 
 @dataclasses.dataclass(frozen=True)
 class Start:
-    """A decoder and tokenizer for the SFT start and the lengths in its tokens (full scale; `quick` runs use
-    QUICK_MODEL and QUICK's lengths): `suffix` names its runs (sft{suffix}, grpo{suffix}), `fields` set the
-    decoder and tokenizer in every stage, SFT packs `sft_seq_len` tokens a row, RL asks prompts of at most
-    `rl_prompt_len` tokens for `rl_new_tokens`, and the evaluations decode up to `eval_new_tokens`."""
+    """A decoder, tokenizer and task suite for the SFT start and the lengths in its tokens (full scale; `quick`
+    runs use QUICK_MODEL and QUICK's lengths): `suffix` names its runs (sft{suffix}, grpo{suffix}), `fields` set
+    the decoder and tokenizer in every stage, SFT packs `sft_seq_len` tokens a row of `suite`'s worked
+    solutions, RL asks `suite`'s prompts of at most `rl_prompt_len` tokens for `rl_new_tokens`, and the
+    evaluations decode up to `eval_new_tokens` on `suite`'s problems."""
     suffix: str
     fields: tuple[str, ...]
     sft_seq_len: int
     rl_prompt_len: int
     rl_new_tokens: int
     eval_new_tokens: int
+    suite: str = "arithmetic"
 
 
 # 3 layers of width 96 on the configs' 4096-piece SentencePiece vocabulary (numbers mostly split digit by digit)
@@ -71,6 +72,10 @@ SMALL_PIECES = Start("", ("model.dim=96", "model.num_layers=3", "model.num_heads
 WIDE_BYTES = Start("_wide_bytes", ("model.dim=128", "model.num_layers=4", "model.num_heads=4", "model.num_kv_heads=2",
                                    "model.hidden_dim=384", "data.tokenizer=byte", "model.vocab_size=265"),
                    sft_seq_len=512, rl_prompt_len=288, rl_new_tokens=192, eval_new_tokens=256)
+# SMALL_PIECES's decoder on small coding problems (research/data/tasks/coding.py), judged in the sandbox: no
+# arithmetic in a solution, so the start gets most training-level problems right
+CODING = Start("_coding", SMALL_PIECES.fields, sft_seq_len=384, rl_prompt_len=160, rl_new_tokens=256,
+               eval_new_tokens=384, suite="coding")
 QUICK = {"eval_count": 2, "new_tokens": 8, "sft_steps": 4, "rl_steps": 2, "eval_every": 0}
 
 
@@ -79,18 +84,19 @@ def scale(quick: bool) -> dict:
 
 
 def evals(quick: bool, every: int, start: Start = SMALL_PIECES) -> list[str]:
-    """Greedy pass@1 and mean length on the in-domain and held-out arithmetic problems, every `every` steps
+    """Greedy pass@1 and mean length on in-domain and held-out problems of `start`'s suite, every `every` steps
     (0: at the end only)."""
     s = scale(quick)
     new_tokens = s["new_tokens"] if quick else start.eval_new_tokens
     return [f"evals.{name}.{field}={value}" for name in ("in_domain", "held_out") for field, value in (
-        ("count", s["eval_count"]), ("max_new_tokens", new_tokens), ("every", every), ("seed", EVAL_SEED))]
+        ("count", s["eval_count"]), ("max_new_tokens", new_tokens), ("every", every), ("seed", EVAL_SEED),
+        ("suites", f"('{start.suite}',)"))]
 
 
 def sft_config(*, quick: bool, seed: int, start: Start = SMALL_PIECES) -> ml_collections.FrozenConfigDict:
-    """The shared SFT start: worked arithmetic solutions in `start`'s tokens, from a random initialisation."""
+    """The shared SFT start: worked solutions of `start`'s suite in its tokens, from a random initialisation."""
     s = scale(quick)
-    fields = [f"seed={seed}", "init_from.kind=none", "init_from.path=", f"data.sft.suites=('{SUITE}',)",
+    fields = [f"seed={seed}", "init_from.kind=none", "init_from.path=", f"data.sft.suites=('{start.suite}',)",
               f"train.steps={s['sft_steps']}", "train.eval_every=0", "train.checkpoint_every=0", "train.log_every=25"]
     fields += (QUICK_MODEL + ["data.sft.count=40"] if quick else
                [*start.fields, "train.batch_size=8", f"train.seq_len={start.sft_seq_len}",
@@ -111,14 +117,15 @@ def rl_config(stage: str, sft_dir: Path, *, quick: bool, seed: int, overrides=()
     prompts, group = (2, 4) if quick else (4, 8)
     sampling = [f"ppo.prompts_per_step={prompts * group}"] if block == "ppo" else [
         f"rl.prompts_per_step={prompts}", f"rl.group_size={group}"]
-    fields = [f"seed={seed}", f"init_from.path={sft_dir}", f"{block}.suites=('{SUITE}',)",
+    fields = [f"seed={seed}", f"init_from.path={sft_dir}", f"{block}.suites=('{start.suite}',)",
               f"train.steps={s['rl_steps']}", "train.log_every=1", "train.checkpoint_every=0"]
-    fields += (QUICK_MODEL + [f"{block}.max_prompt_len=288", f"{block}.max_new_tokens={s['new_tokens']}", *sampling,
-                              f"{block}.soft_overlong.max_length=8", f"{block}.soft_overlong.cache_length=4"] if quick else
-               [*start.fields, f"{block}.max_prompt_len={start.rl_prompt_len}",
-                              f"{block}.max_new_tokens={start.rl_new_tokens}", *sampling, "optimizer.learning_rate=3e-4",
-                              f"{block}.soft_overlong.max_length={start.rl_new_tokens}",
-                              f"{block}.soft_overlong.cache_length=32"])
+    if quick:
+        fields += QUICK_MODEL + [f"{block}.max_prompt_len=288", f"{block}.max_new_tokens={s['new_tokens']}", *sampling,
+                                 f"{block}.soft_overlong.max_length=8", f"{block}.soft_overlong.cache_length=4"]
+    else:
+        fields += [*start.fields, f"{block}.max_prompt_len={start.rl_prompt_len}",
+                   f"{block}.max_new_tokens={start.rl_new_tokens}", *sampling, "optimizer.learning_rate=3e-4",
+                   f"{block}.soft_overlong.max_length={start.rl_new_tokens}", f"{block}.soft_overlong.cache_length=32"]
     return config_lib.load(PIPELINE.format(stage=stage),
                            fields + evals(quick, s["eval_every"], start) + list(overrides))
 
@@ -189,13 +196,16 @@ def policy_params(workdir: Path, model_config):
 
 def sampled_answers(workdir: Path, split: str, *, samples: int, temperature: float, count: int,
                     max_new_tokens: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """`samples` responses to each of `count` arithmetic problems of `split` from the policy of the run in
-    `workdir`: {"correct": [count, samples] bool, "answers": [count, samples] str, "length": [count, samples]}.
-    All count x samples rows are decoded in one call (one compilation per split)."""
+    """`samples` responses to each of `count` problems of `split` (of the suite the run in `workdir` is evaluated
+    on) from that run's policy: {"correct": [count, samples] bool, "answers": [count, samples] str, "length":
+    [count, samples]}. All count x samples rows are decoded in one call (one compilation per split)."""
     config = run_config(workdir)
+    suites = config.evals.held_out.suites
+    if len(suites) != 1:
+        raise ValueError(f"{workdir} is evaluated on the suites {list(suites)}; sampled answers need one")
     tokenizer = get_tokenizer(config.data)
     model, params = make_model(config.model), policy_params(workdir, config.model)
-    problems = generate_problems(SUITE, split, count, EVAL_SEED)
+    problems = generate_problems(suites[0], split, count, EVAL_SEED)
     prompts = [prompt_ids(tokenizer, problem) for problem in problems for _ in range(samples)]
     tokens = np.asarray(generate(model, params, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
                                  rng=jax.random.key(seed), eos_id=stop_ids(tokenizer), pad_id=tokenizer.pad_id))
