@@ -99,8 +99,8 @@ def sft_config(*, quick: bool, seed: int, start: Start = SMALL_PIECES) -> ml_col
     fields = [f"seed={seed}", "init_from.kind=none", "init_from.path=", f"data.sft.suites=('{start.suite}',)",
               f"train.steps={s['sft_steps']}", "train.eval_every=0", "train.checkpoint_every=0", "train.log_every=25"]
     fields += (QUICK_MODEL + ["data.sft.count=40"] if quick else
-               [*start.fields, "train.batch_size=8", f"train.seq_len={start.sft_seq_len}",
-                              "data.sft.count=20000", "optimizer.learning_rate=3e-3"])
+               [*start.fields, "train.batch_size=8", f"train.seq_len={start.sft_seq_len}", "data.sft.count=20000",
+                "optimizer.learning_rate=3e-3"])
     config = config_lib.load(PIPELINE.format(stage="sft"), fields + evals(quick, every=0, start=start))
     config = config_lib.unfrozen(config)
     del config.evals["eval"]  # the validation loss: not an accuracy
